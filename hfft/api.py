@@ -1,0 +1,194 @@
+"""`fine_tune`: the whole job, from a model name and labelled data to a saved run folder.
+
+run() reads top to bottom in the order things must happen: check the config and the run folder (cheap, before
+any work), load data on the main process first, load the model with its new head, split it into layer groups,
+train both phases, evaluate, save."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import TrainingArguments, set_seed
+
+from . import runfolder
+from .callbacks import FreezeCallback, GroupLRLog
+from .config import Config, field_names, from_dict
+from .data import load_splits
+from .errors import HfftError, suggest
+from .layers import LayerGroup, layer_groups, norm_kind, norm_param_names
+from .metrics import report, trainer_metrics
+from .models import load_classifier
+from .schedule import FineTunePlan
+from .tasks import get_task
+from .trainer import FineTuneTrainer
+from .zoo import resolve_data, resolve_model
+
+log = logging.getLogger("hfft")
+
+# TrainingArguments that hfft sets from its own config; passing them directly would be silently overridden.
+MANAGED_ARGS = {
+    "learning_rate": "base_lr", "num_train_epochs": "epochs / freeze_epochs", "max_steps": "epochs",
+    "lr_scheduler_type": "(the fine_tune schedule)", "warmup_steps": "pct_start", "warmup_ratio": "pct_start",
+    "weight_decay": "weight_decay", "per_device_train_batch_size": "batch_size", "seed": "seed",
+    "per_device_eval_batch_size": "eval_batch_size", "output_dir": "output_dir", "optim": "(AdamW)",
+}
+
+
+@dataclass
+class FineTuneResult:
+    metrics: dict          # accuracy, f1_macro, loss, per_class, confusion_matrix, train_runtime...
+    output_dir: str
+    model: torch.nn.Module  # the trained model, unwrapped, on every process
+    config: Config
+    groups: list[LayerGroup]
+    plan: FineTunePlan
+
+
+def build_config(config: Config | dict | None = None, **values) -> Config:
+    """Flat keyword arguments onto the schema. Unknown keys go to TrainingArguments when they are one of its
+    fields; anything else is an error naming the nearest valid key."""
+    if isinstance(config, Config):
+        cfg = dataclasses.replace(config)
+    else:
+        cfg = from_dict(config if isinstance(config, dict) else None)
+    names = field_names()
+    training_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    nested: dict[str, dict] = {}
+    for key, value in values.items():
+        if value is None and key in ("model", "data", "task", "output_dir"):
+            continue
+        key = {"model": "name", "data": "source"}.get(key, key)
+        if key in names:
+            nested.setdefault(names[key], {})[key] = value
+        elif key in MANAGED_ARGS:
+            raise HfftError(f"{key!r} is set by hfft; use {MANAGED_ARGS[key]!r} instead.")
+        elif key in training_fields:
+            cfg.train.args[key] = value
+        else:
+            raise HfftError(f"Unknown fine_tune argument {key!r}." + suggest(key, list(names) + sorted(training_fields))
+                            + " It is neither an hfft setting nor a transformers.TrainingArguments field.")
+    return from_dict(nested, base=cfg).validate()
+
+
+def fine_tune(model: str | None = None, data=None, output_dir: str | None = None, task: str | None = None,
+              config: Config | dict | None = None, **overrides) -> FineTuneResult:
+    """Fine-tune `model` on `data` the fastai way; see README for every setting (`hfft.config` holds them all)."""
+    in_memory = None if data is None or isinstance(data, (str, Path)) else data
+    cfg = build_config(config, model=model, data=None if in_memory is not None else data,
+                       output_dir=output_dir, task=task, **overrides)
+    return run(cfg, dataset=in_memory)
+
+
+def training_arguments(cfg: Config, run: Path) -> TrainingArguments:
+    t = cfg.train
+    epochs = t.freeze_epochs + t.epochs
+    defaults = {
+        "eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 2, "logging_strategy": "steps",
+        "logging_steps": 1 / (10 * epochs),  # below 1: a fraction of all steps, here ten losses an epoch
+        "report_to": "none", "dataloader_num_workers": 0,
+        "max_grad_norm": 0.0,  # fastai does not clip; pass max_grad_norm to clip
+        "use_cpu": not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        # Frozen parameters produce no gradients; DDP must be told, or it waits for them forever.
+        "ddp_find_unused_parameters": t.freeze_epochs > 0 or None,
+    }
+    defaults.update(t.args)
+    try:
+        return TrainingArguments(
+            output_dir=str(run / runfolder.CHECKPOINTS), num_train_epochs=t.freeze_epochs + t.epochs,
+            per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size or 2 * t.batch_size,
+            learning_rate=t.base_lr, weight_decay=t.weight_decay, seed=t.seed, data_seed=t.seed,
+            remove_unused_columns=False,  # image transforms are lazy: the raw image column must reach them
+            **defaults)
+    except (TypeError, ValueError) as err:
+        raise HfftError(f"Invalid training argument in train.args: {err}") from err
+
+
+def resolve_train_norm(setting, model) -> bool:
+    """'auto': train BatchNorm weights while frozen (cheap on CNNs, and BN's affine adapts to the new data, as
+    in fastai), but keep LayerNorm frozen: on transformers it forces the backward through the whole body for
+    no measured gain (see README)."""
+    if setting == "auto":
+        return norm_kind(model) == "batch"
+    return bool(setting)
+
+
+def run(cfg: Config, dataset=None) -> FineTuneResult:
+    cfg.validate()
+    t, d = cfg.train, cfg.data
+    out = Path(t.output_dir)
+    checkpoint = runfolder.prepare(out, overwrite=t.overwrite, resume=t.resume)
+    set_seed(t.seed)
+
+    model_path = resolve_model(cfg.model.name)
+    source = dataset if dataset is not None else resolve_data(d.source)
+    hub = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    args = training_arguments(cfg, out)
+    # Reading and tokenising the data happens once, on the main process first; the others then hit the cache.
+    with args.main_process_first(desc="loading data"):
+        splits = load_splits(source, task=d.task, input_column=d.input_column, label_column=d.label_column,
+                             train_split=d.train_split, eval_split=d.eval_split, val_fraction=d.val_fraction,
+                             seed=t.seed, max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples)
+        task = get_task(splits.task)
+        processor = task.load_processor(model_path, image_size=d.image_size, max_length=d.max_length, **hub)
+        train_ds = task.prepare(splits.train, processor, train=True, seed=t.seed, max_length=d.max_length)
+        eval_ds = task.prepare(splits.eval, processor, train=False, seed=t.seed, max_length=d.max_length)
+    d.task = splits.task
+    log.info("data: %s, %d train / %d eval examples, %d labels", splits.task, len(splits.train), len(splits.eval),
+             len(splits.labels))
+
+    model, new_params = load_classifier(task, model_path, splits.labels, allow_pickle=cfg.model.allow_pickle,
+                                        pad_token_id=getattr(processor, "pad_token_id", None), **hub)
+    groups = layer_groups(model, new_params, t.body_groups)
+    norm_names = norm_param_names(model)
+    train_norm = resolve_train_norm(t.train_norm, model)
+
+    freeze = FreezeCallback(model, groups, keep_trainable=norm_names if train_norm else set())
+    lr_log = GroupLRLog(out / runfolder.LOG_NAME, [g.name for g in groups])
+
+    def on_plan(plan):
+        freeze.plan = lr_log.plan = plan
+
+    trainer = FineTuneTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=task.collator(processor), processing_class=processor,
+        compute_metrics=trainer_metrics(splits.labels), callbacks=[freeze, lr_log],
+        groups=groups, norm_names=norm_names, total_epochs=t.freeze_epochs + t.epochs, on_plan=on_plan,
+        plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
+                     "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div})
+    transformers.logging.set_verbosity_warning()
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    prediction = trainer.predict(eval_ds, metric_key_prefix="eval")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    metrics = report(prediction.label_ids, logits.argmax(-1), splits.labels)
+    metrics.update(loss=prediction.metrics.get("eval_loss"), eval_examples=int(len(prediction.label_ids)),
+                   train_runtime=train_output.metrics.get("train_runtime"),
+                   train_samples_per_second=train_output.metrics.get("train_samples_per_second"),
+                   train_norm=train_norm)
+
+    runfolder.save_model(trainer, out)
+    if trainer.is_world_process_zero():
+        cfg.save(out / runfolder.CONFIG_NAME)
+        runfolder.save_json(out / runfolder.METRICS_NAME, metrics)
+        _plot(out, metrics, splits.labels)
+    trainer.accelerator.wait_for_everyone()
+    log.info("accuracy %.4f, macro F1 %.4f -> %s", metrics["accuracy"], metrics["f1_macro"], out)
+    return FineTuneResult(metrics=metrics, output_dir=str(out), model=trainer.model, config=cfg, groups=groups,
+                          plan=trainer.plan)
+
+
+def _plot(out: Path, metrics: dict, labels: list[str]) -> None:
+    try:
+        from .plots import plot_confusion, plot_training
+    except ImportError:  # matplotlib is optional: the run folder is complete without the pictures
+        log.info("matplotlib not installed: skipping plots")
+        return
+    import numpy as np
+
+    plot_training(runfolder.read_log(out), out / "training.png")
+    plot_confusion(np.array(metrics["confusion_matrix"]), labels, out / "confusion_matrix.png")

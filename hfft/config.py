@@ -1,0 +1,241 @@
+"""The one configuration schema of hfft: dataclasses hold the defaults, YAML gives values, the command line
+gives dotted overrides (`train.epochs=3`). Unknown keys and wrong types fail with a suggestion, before any work.
+The resolved config is saved in every run folder, so a run can be repeated from its own folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import HfftError, suggest
+
+
+def _doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    kwargs = {"metadata": {"help": text}}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, **kwargs)
+    return field(default=default, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _doc("Hub id, local folder, or an embedded model such as 'hfft:minilm-l6'.", "hfft:minilm-l6")
+    revision: str | None = _doc("Hub revision (branch, tag or commit).", None)
+    trust_remote_code: bool = _doc("Run code shipped with the model. Off by default: only for models you trust.", False)
+    allow_pickle: bool = _doc("Accept pickle-based .bin weights (can execute code). Off by default.", False)
+
+
+@dataclass
+class DataConfig:
+    source: str = _doc("Hub dataset id, image folder, CSV/JSON/Parquet file or folder, or 'hfft:rotten-tomatoes'.",
+                       "hfft:rotten-tomatoes")
+    task: str | None = _doc("'image-classification' or 'text-classification'; inferred from the data when empty.", None)
+    input_column: str | None = _doc("Column holding the image or text; found automatically when empty.", None)
+    label_column: str | None = _doc("Column holding the label; found automatically when empty.", None)
+    train_split: str = _doc("Split to train on.", "train")
+    eval_split: str | None = _doc("Split to evaluate on; validation/test when present, else a seeded hold-out.", None)
+    val_fraction: float = _doc("Fraction of train held out for evaluation when there is no eval split.", 0.1)
+    max_train_samples: int | None = _doc("Use a seeded subset of this many training examples.", None)
+    max_eval_samples: int | None = _doc("Use a seeded subset of this many evaluation examples.", None)
+    image_size: int | None = _doc("Resize images to this size instead of the model's (smaller is faster).", None)
+    max_length: int | None = _doc("Truncate texts to this many tokens (default: model maximum, at most 512).", None)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _doc("Run folder: model, processor, config, metrics, logs.", "runs/hfft")
+    epochs: int = _doc("Epochs with the whole model unfrozen (0: head only).", 3)
+    freeze_epochs: int = _doc("Warm-up epochs training only the new head (0: plain full fine-tuning).", 1)
+    base_lr: float = _doc("Peak learning rate of the head (fastai's base_lr; halved when the body unfreezes).", 2e-3)
+    lr_mult: float = _doc("Ratio of the head's learning rate to the first layer group's.", 100.0)
+    pct_start: float = _doc("Fraction of the unfrozen phase spent warming the learning rate up.", 0.3)
+    div: float = _doc("Unfrozen phase starts at lr/div.", 5.0)
+    weight_decay: float = _doc("Decoupled weight decay (none on norm and bias parameters).", 0.01)
+    train_norm: str | bool = _doc("Train norm-layer weights while frozen: true, false or 'auto' (BatchNorm models "
+                                  "only: see README).", "auto")
+    body_groups: int = _doc("Number of layer groups the body blocks are split into.", 3)
+    batch_size: int = _doc("Per-device training batch size.", 32)
+    eval_batch_size: int | None = _doc("Per-device evaluation batch size (default: 2x batch_size).", None)
+    seed: int = _doc("Seed for initialisation, data order, augmentation and the validation split.", 42)
+    overwrite: bool = _doc("Replace an existing run in output_dir.", False)
+    resume: bool = _doc("Continue from the newest complete checkpoint in output_dir.", False)
+    args: dict = _doc("Extra transformers.TrainingArguments (e.g. bf16, gradient_accumulation_steps).", factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        """Nonsense values are named here, before a model is loaded or a file is written."""
+        t, d = self.train, self.data
+        checks = [
+            (t.epochs >= 0, "train.epochs must be >= 0"),
+            (t.freeze_epochs >= 0, "train.freeze_epochs must be >= 0"),
+            (t.epochs + t.freeze_epochs > 0, "train.epochs + train.freeze_epochs must be > 0: nothing to train"),
+            (t.base_lr > 0, "train.base_lr must be > 0"),
+            (t.lr_mult >= 1, "train.lr_mult must be >= 1 (head lr / first group lr)"),
+            (0 < t.pct_start < 1, "train.pct_start must be between 0 and 1"),
+            (t.div >= 1, "train.div must be >= 1"),
+            (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (t.batch_size > 0, "train.batch_size must be > 0"),
+            (t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be > 0"),
+            (t.body_groups > 0, "train.body_groups must be > 0"),
+            (t.train_norm in (True, False, "auto"), "train.train_norm must be true, false or 'auto'"),
+            (0 < d.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
+            (d.max_train_samples is None or d.max_train_samples > 0, "data.max_train_samples must be > 0"),
+            (d.max_eval_samples is None or d.max_eval_samples > 0, "data.max_eval_samples must be > 0"),
+            (d.image_size is None or d.image_size > 0, "data.image_size must be > 0"),
+            (d.max_length is None or d.max_length > 0, "data.max_length must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HfftError(f"{message} (got {self._value_for(message)!r}).")
+        if t.overwrite and t.resume:
+            raise HfftError("train.overwrite and train.resume contradict each other: choose one.")
+        return self
+
+    def _value_for(self, message: str):
+        section, key = message.split()[0].split(".")
+        return getattr(getattr(self, section), key)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> None:
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def _section_classes() -> dict[str, type]:
+    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def field_names() -> dict[str, str]:
+    """Every config key, unqualified -> its section. Keys are unique across sections by design, so the Python
+    API can take them flat (`fine_tune(epochs=3, image_size=112)`)."""
+    names = {}
+    for section, cls in _section_classes().items():
+        for f in dataclasses.fields(cls):
+            names[f.name] = section
+    return names
+
+
+def _coerce(value: Any, annotation, key: str):
+    """Check (and gently convert) a value against the dataclass annotation; wrong types name the key."""
+    text = str(annotation)  # a string under `from __future__ import annotations`: compare by name
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise HfftError(f"{key} cannot be empty (null); expected {text.replace(' | None', '')}.")
+    if text.startswith("str | bool"):
+        if isinstance(value, (bool, str)):
+            return value
+    elif text.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+    elif text.startswith("int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif text.startswith("float"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif text.startswith("str"):
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+    elif text.startswith("dict"):
+        if isinstance(value, dict):
+            return dict(value)
+    else:  # pragma: no cover - a new annotation kind must be handled above
+        raise TypeError(f"unhandled annotation {text} for {key}")
+    raise HfftError(f"{key} must be {text.replace(' | None', ' (or empty)')}, got {value!r} "
+                    f"({type(value).__name__}).")
+
+
+def _apply(config: Config, section: str, key: str, value: Any) -> None:
+    classes = _section_classes()
+    if section not in classes:
+        raise HfftError(f"Unknown config section {section!r}; the sections are {list(classes)}." +
+                        suggest(section, classes))
+    fields = {f.name: f for f in dataclasses.fields(classes[section])}
+    if key not in fields:
+        raise HfftError(f"Unknown config key {section}.{key}." + suggest(key, fields) +
+                        f" Valid keys in {section}: {', '.join(fields)}.")
+    setattr(getattr(config, section), key, _coerce(value, fields[key].type, f"{section}.{key}"))
+
+
+def from_dict(values: dict | None, base: Config | None = None) -> Config:
+    """Apply a nested {section: {key: value}} mapping on top of base (default: the schema's defaults)."""
+    config = base if base is not None else Config()
+    for section, body in (values or {}).items():
+        if not isinstance(body, dict):
+            raise HfftError(f"Config section {section!r} must be a mapping of keys to values, got {body!r}." +
+                            suggest(section, _section_classes()))
+        for key, value in body.items():
+            _apply(config, section, key, value)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.epochs=3' -> ('train', 'epochs', 3). Values are parsed as YAML scalars (never evaluated)."""
+    if "=" not in text:
+        raise HfftError(f"Override {text!r} is not of the form section.key=value (e.g. train.epochs=3).")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) == 3 and parts[:2] == ["train", "args"]:  # train.args.bf16=true
+        return "train", "args", {parts[2]: yaml.safe_load(raw)}
+    if len(parts) != 2:
+        names = field_names()
+        hint = f" Did you mean {names[parts[0]]}.{parts[0]}?" if len(parts) == 1 and parts[0] in names else ""
+        raise HfftError(f"Override {dotted!r} must name section.key (e.g. train.epochs).{hint}")
+    return parts[0], parts[1], yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path=None, overrides: list[str] = ()) -> Config:
+    """Defaults < YAML file < command-line overrides, validated."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise HfftError(f"Config file {str(path)!r} does not exist.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise HfftError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise HfftError(f"Config file {str(path)!r} must hold a mapping of sections (model, data, train).")
+    config = from_dict(values)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if key == "args" and isinstance(value, dict):
+            config.train.args.update(value)
+        else:
+            _apply(config, section, key, value)
+    return config.validate()
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write beside the target, then rename: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

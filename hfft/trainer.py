@@ -1,0 +1,41 @@
+"""transformers.Trainer with hfft's optimizer and schedule: discriminative AdamW over layer groups and the
+two-phase one-cycle plan. Everything else (loops, mixed precision, Accelerate, checkpoints) is the Trainer's."""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from .errors import HfftError
+from .layers import LayerGroup
+from .optim import build_optimizer
+from .schedule import FineTunePlan, FineTuneScheduler
+
+
+class FineTuneTrainer(Trainer):
+    def __init__(self, *args, groups: list[LayerGroup], norm_names: set[str], plan_kwargs: dict,
+                 total_epochs: int, on_plan=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.groups, self.norm_names = groups, norm_names
+        self.plan_kwargs, self.total_epochs = plan_kwargs, total_epochs
+        self.on_plan = on_plan  # called with the plan once the number of steps per epoch is known
+        self.plan: FineTunePlan | None = None
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(self.model if model is None else model, self.groups,
+                                             self.args.weight_decay, self.norm_names)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            steps_per_epoch, rest = divmod(num_training_steps, self.total_epochs)
+            if rest:
+                raise HfftError("hfft schedules by whole epochs: remove max_steps from the training arguments "
+                                "and set train.epochs / train.freeze_epochs instead.")
+            self.plan = FineTunePlan.build(n_groups=len(self.groups), steps_per_epoch=steps_per_epoch,
+                                           **self.plan_kwargs)
+            if self.on_plan is not None:
+                self.on_plan(self.plan)
+            self.lr_scheduler = FineTuneScheduler(optimizer or self.optimizer, self.plan)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
