@@ -1,0 +1,156 @@
+"""Using a finished run folder: evaluate it on labelled data, or predict labels for new inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from . import runfolder
+from .errors import HfftError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TEXT_FILE_SUFFIXES = {".csv", ".txt", ".jsonl", ".tsv"}
+
+
+def run_config(run) -> dict:
+    path = Path(run) / runfolder.CONFIG_NAME
+    if not path.is_file():
+        raise HfftError(f"{str(run)!r} is not an hfft run folder (no {runfolder.CONFIG_NAME}). Pass the output_dir "
+                        "of a finished run.")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def run_task(run) -> str:
+    task = (run_config(run).get("data") or {}).get("task")
+    if task:
+        return task
+    config = json.loads((Path(run) / "config.json").read_text())
+    return "image-classification" if any("Image" in a for a in config.get("architectures", [])) \
+        else "text-classification"
+
+
+def _expand_images(inputs) -> list[str]:
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(str(path))
+        elif path.is_file():
+            raise HfftError(f"{item!r} is not an image file; this model classifies images.")
+        else:
+            raise HfftError(f"{item!r} is neither an image file nor a folder; this model classifies images "
+                            "(give image paths or folders).")
+    if not files:
+        raise HfftError(f"No image files found in {list(inputs)!r}.")
+    return files
+
+
+def _expand_texts(inputs, column: str | None) -> list[str]:
+    texts = []
+    for item in inputs:
+        path = Path(item) if len(str(item)) < 4096 else None
+        if path is not None and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            raise HfftError(f"{item!r} is an image, but this model classifies text.")
+        if path is not None and path.is_file() and path.suffix.lower() in TEXT_FILE_SUFFIXES:
+            texts += _read_texts(path, column)
+        else:
+            texts.append(str(item))
+    return texts
+
+
+def _read_texts(path: Path, column: str | None) -> list[str]:
+    if path.suffix.lower() == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    names = list(rows[0]) if rows else []
+    chosen = column or ("text" if "text" in names else None)
+    if chosen not in names:
+        raise HfftError(f"{str(path)!r}: pass column= (--column) naming the text column; columns: {names}.")
+    return [str(row[chosen] or "") for row in rows]
+
+
+def predict(run, inputs, *, top_k: int = 1, batch_size: int = 32, column: str | None = None,
+            device=None) -> list[dict]:
+    """[{"input": ..., "labels": [...top_k names], "scores": [...]}] for images, folders, texts or text files."""
+    from transformers import pipeline
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    task = run_task(run)
+    items = _expand_images(inputs) if task == "image-classification" else _expand_texts(inputs, column)
+    classify = pipeline(task, model=str(run), device=device)
+    outputs = classify(items, top_k=top_k, batch_size=batch_size)
+    results = []
+    for item, out in zip(items, outputs):
+        out = out if isinstance(out, list) else [out]
+        results.append({"input": item, "labels": [o["label"] for o in out], "scores": [float(o["score"]) for o in out]})
+    return results
+
+
+def write_predictions(results: list[dict], path) -> None:
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        runfolder.save_json(path, results)
+        return
+    k = max(len(r["labels"]) for r in results)
+    header = ["input"] + [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "score")]
+    rows = [[r["input"]] + [v for pair in zip(r["labels"], r["scores"]) for v in pair] for r in results]
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    from .config import write_text_atomic
+
+    write_text_atomic(path, buffer.getvalue())
+
+
+def evaluate_run(run, data=None, *, split: str | None = None, batch_size: int = 64) -> dict:
+    """Metrics of a saved run on labelled data: by default the run's own evaluation split, rebuilt from its config."""
+    import torch
+
+    from .data import load_splits
+    from .metrics import report
+    from .tasks import get_task
+
+    cfg = run_config(run)
+    d, seed = cfg["data"], cfg["train"]["seed"]
+    splits = load_splits(data if data is not None else _resolve(d["source"]), task=d.get("task"),
+                         input_column=d.get("input_column"), label_column=d.get("label_column"),
+                         train_split=d.get("train_split", "train"), eval_split=split or d.get("eval_split"),
+                         val_fraction=d.get("val_fraction", 0.1), seed=seed,
+                         max_eval_samples=d.get("max_eval_samples"))
+    task = get_task(splits.task)
+    processor = task.load_processor(str(run), max_length=d.get("max_length"))
+    model = task.auto_model_class().from_pretrained(str(run)).eval()
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if splits.labels != names:
+        unknown = sorted(set(splits.labels) - set(names))
+        if unknown:
+            raise HfftError(f"The data has labels the model never learned: {unknown}. The model knows {names}.")
+    remap = torch.tensor([names.index(name) for name in splits.labels])
+    dataset = task.prepare(splits.eval, processor, train=False, seed=seed, max_length=d.get("max_length"))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=task.collator(processor))
+    preds, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            target = remap[batch.pop("labels")]
+            preds.append(model(**batch).logits.argmax(-1))
+            labels.append(target)
+    return report(torch.cat(labels).numpy(), torch.cat(preds).numpy(), names)
+
+
+def _resolve(source):
+    from .zoo import resolve_data
+
+    return resolve_data(source)
