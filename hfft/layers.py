@@ -68,7 +68,7 @@ def _children(model: nn.Module, *paths: str) -> list[str]:
 
 
 def _nested(model: nn.Module, stages: str, inner: str) -> list[str]:
-    """The blocks of every stage flattened in order: 'stages.0.layers.0', 'stages.0.layers.1', 'stages.1.layers.0', ..."""
+    """Every stage's blocks flattened in order: 'stages.0.layers.0', 'stages.0.layers.1', 'stages.1.layers.0', ..."""
     return [block for stage in _children(model, stages) for block in _children(model, f"{stage}.{inner}")]
 
 
@@ -175,13 +175,14 @@ def _largest_block_list(base: nn.Module) -> str | None:
 def _generic_split(model: nn.Module) -> ArchSplit:
     # Any model: the body blocks are the largest list of repeated modules in the base model; what comes before
     # them is embeddings (by position, see _assign), what lies outside the base model is head. Without such a
-    # list there are no blocks and _assign treats every parameter as its own block.
+    # list every parameter of the base model is a block of its own, in registration order.
     b = _base(model)
     base = model.get_submodule(b[:-1]) if b else model
     head = [name for name, child in model.named_children() if child is not base] if b else []
     found = _largest_block_list(base)
-    blocks = [] if found is None else _children(model, ".".join(p for p in (b[:-1], found) if p))
-    return ArchSplit(embeddings=[], blocks=blocks, head=head)
+    if found is None:
+        return ArchSplit(blocks=[b + name for name, _ in base.named_parameters()], head=head)
+    return ArchSplit(blocks=_children(model, ".".join(p for p in (b[:-1], found) if p)), head=head)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,20 +251,27 @@ def _assign(names: list[str], split: ArchSplit, new: set[str], base: str) -> dic
     return where
 
 
-def _resolve_new(model: nn.Module, names: list[str], new_param_names: Iterable[str]) -> set[str]:
-    """Parameter names covered by `new_param_names` (parameter names or module prefixes).
+# What peft inserts into a wrapped module's parameter names (classifier.weight -> classifier.base_layer.weight).
+_PEFT_INSERTS = re.compile(r"\.(base_layer|original_module|modules_to_save\.[^.]+)(?=\.)")
 
-    Names of buffers or tied aliases (they appear in loading info's missing keys) are allowed and ignored;
+
+def _resolve_new(model: nn.Module, names: list[str], new_param_names: Iterable[str]) -> set[str]:
+    """Parameter names covered by `new_param_names` (parameter names or module prefixes, as seen from the model
+    or from the transformers model inside a peft wrapper).
+
+    Names of buffers or tied aliases (loading info's missing keys may hold them) are allowed and cover nothing;
     anything else is a mistake.
     """
+    prefix = _unwrap(model)[1]
+    plain = {n: _PEFT_INSERTS.sub("", n) for n in names}
     new, known = set(), None
-    prefixes = {n: 0 for n in names}
     for given in new_param_names:
-        covered = [n for n in names if n == given or n.startswith(f"{given}.")]
+        covered = [n for n in names if any(p == g or p.startswith(f"{g}.") for p in (n, plain[n])
+                                           for g in (given, prefix + given))]
         if not covered:
-            known = known if known is not None else set(model.state_dict())
+            known = known if known is not None else set(model.state_dict()) | set(_unwrap(model)[0].state_dict())
             if given not in known:
-                raise HfftError(f"new_param_names: {given!r} is no parameter of the model.{suggest(given, prefixes)}")
+                raise HfftError(f"new_param_names: {given!r} is no parameter of the model.{suggest(given, names)}")
         new.update(covered)
     return new
 
@@ -292,10 +300,8 @@ def layer_groups(model: nn.Module, new_param_names: Iterable[str] = (), n_body_g
     if n_body_groups < 1:
         raise HfftError(f"n_body_groups must be at least 1, got {n_body_groups}.")
     names = [name for name, _ in model.named_parameters()]
-    split = _arch_split(model)
     inner, prefix = _unwrap(model)
-    if not split.blocks:  # no list of blocks anywhere: every parameter is a block of its own
-        split.blocks = [n for n in names if not any(n == h or n.startswith(f"{h}.") for h in split.head)]
+    split = _arch_split(model)
     where = _assign(names, split, _resolve_new(model, names, new_param_names), prefix + _base(inner))
     groups = [LayerGroup("embeddings", [n for n in names if where[n] == _EMB])]
     for run in _chunks(len(split.blocks), n_body_groups):

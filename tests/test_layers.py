@@ -206,19 +206,22 @@ def test_works_on_the_meta_device():
     check_groups(model, layer_groups(model), FAMILIES["bert"], 3)
 
 
-def test_works_through_a_peft_wrapper(models):
+def test_works_through_a_peft_wrapper():
     peft = pytest.importorskip("peft")
     model = tf.AutoModelForSequenceClassification.from_config(tf.BertConfig(**TEXT))
-    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["query", "value"],
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["query", "value", "pooler.dense"],
                                                           modules_to_save=["classifier"]))
     groups = layer_groups(wrapped)
     names = [n for n, _ in wrapped.named_parameters()]
     assert sorted(n for g in groups for n in g.param_names) == sorted(names)
     assert groups[0].name == "embeddings" and groups[-1].name == "head"
-    assert all("classifier" in n for n in groups[-1].param_names)
     assert {n for n in names if "classifier" in n} == set(groups[-1].param_names)
     lora_3 = [n for n in names if "layer.3." in n and "lora_" in n]
     assert lora_3 and set(lora_3) <= set(groups[-2].param_names)
+    pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"]  # names from loading the unwrapped model
+    head = layer_groups(wrapped, new_param_names=pooler + sorted(LINEAR))[-1].param_names
+    pooler_base = {n for n in names if "pooler.dense.base_layer." in n}  # peft renamed the wrapped weights
+    assert len(pooler_base) == 2 and {n for n in names if "classifier" in n} | pooler_base == set(head)
 
 
 @pytest.mark.parametrize("name, norm_class", [
