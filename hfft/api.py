@@ -76,12 +76,15 @@ def build_config(config: Config | dict | None = None, **values) -> Config:
 
 
 def fine_tune(model: str | None = None, data=None, output_dir: str | None = None, task: str | None = None,
-              config: Config | dict | None = None, **overrides) -> FineTuneResult:
-    """Fine-tune `model` on `data` the fastai way; see README for every setting (`hfft.config` holds them all)."""
+              config: Config | dict | None = None, callbacks=(), **overrides) -> FineTuneResult:
+    """Fine-tune `model` on `data` the fastai way; see README for every setting (`hfft.config` holds them all).
+    `callbacks`: extra transformers.TrainerCallback objects."""
     in_memory = None if data is None or isinstance(data, (str, Path)) else data
     cfg = build_config(config, model=model, data=None if in_memory is not None else data,
                        output_dir=output_dir, task=task, **overrides)
-    return run(cfg, dataset=in_memory)
+    if in_memory is not None:
+        cfg.data.source = "<in-memory dataset>"
+    return run(cfg, dataset=in_memory, callbacks=callbacks)
 
 
 def training_arguments(cfg: Config, run: Path) -> TrainingArguments:
@@ -117,7 +120,7 @@ def resolve_train_norm(setting, model) -> bool:
     return bool(setting)
 
 
-def run(cfg: Config, dataset=None) -> FineTuneResult:
+def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     cfg.validate()
     t, d = cfg.train, cfg.data
     out = Path(t.output_dir)
@@ -156,7 +159,7 @@ def run(cfg: Config, dataset=None) -> FineTuneResult:
     trainer = FineTuneTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=task.collator(processor), processing_class=processor,
-        compute_metrics=trainer_metrics(splits.labels), callbacks=[freeze, lr_log],
+        compute_metrics=trainer_metrics(splits.labels), callbacks=[freeze, lr_log, *callbacks],
         groups=groups, norm_names=norm_names, total_epochs=t.freeze_epochs + t.epochs, on_plan=on_plan,
         plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
                      "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div})

@@ -79,7 +79,8 @@ def load_classifier(task, name: str, labels: list[str], *, revision=None, trust_
 
 def _reinit_head(model, already_new: set[str]) -> set[str]:
     """A checkpoint head trained for other labels but of the same size loads silently; it must not survive."""
-    head = set(layer_groups(model, already_new)[-1].param_names)
+    last = layer_groups(model, already_new)[-1]
+    head = set(last.param_names) if last.name == "head" else set()
     stale = head - already_new
     if not stale:
         return set()
