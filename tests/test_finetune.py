@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import checkpoint_tensors, state_of
+from conftest import checkpoint_tensors, minilm_folder, state_of
 from transformers import TrainerCallback
 
 from hfft import HfftError, fine_tune
@@ -130,11 +130,12 @@ def test_head_only_and_full_finetune_modes(tmp_path, tiny_bert, text_csv):
     assert full.plan.frozen_steps == 0
 
 
-def test_run_folder_and_pipeline_round_trip(tmp_path, tiny_bert, text_csv):
+def test_run_folder_and_pipeline_round_trip(tmp_path, text_csv):
+    """On the real MiniLM: a pretrained body is what makes three short epochs enough."""
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    result = fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=1, epochs=3,
-                       batch_size=16)
+    result = fine_tune(model=minilm_folder(), data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=1,
+                       epochs=2, batch_size=16, max_length=32)
     run = Path(result.output_dir)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "hfft.yaml", "metrics.json", "log.jsonl"):
         assert (run / name).is_file(), name
