@@ -76,28 +76,31 @@ def load_splits(source, *, task: str | None = None, input_column: str | None = N
     log.info("data: %s from columns input=%r label=%r, %d labels", the_task.name, input_col, label_col, len(labels))
 
     train = canonical(raw_train, the_task, input_col, label_col, labels, train_name)
-    if eval_name is not None:
-        raw_eval = splits[eval_name]
-        _require_rows(raw_eval, eval_name)
-        missing = [c for c in (input_col, label_col) if c not in raw_eval.column_names]
-        if missing:
-            raise HfftError(f"Split {eval_name!r} lacks column(s) {missing} that split {train_name!r} has; its "
-                            f"columns: {raw_eval.column_names}. Pass eval_split= naming another split.")
-        raw_eval = drop_incomplete(raw_eval, input_col, label_col, eval_name)
-        _check_seen(raw_eval, label_col, set(train_classes), eval_name, train_name)
-        eval_ds = canonical(raw_eval, the_task, input_col, label_col, labels, eval_name)
-        eval_from = eval_name
-    else:
+    if eval_name is None:
         train, eval_ds = hold_out(train, val_fraction, seed, train_name)
-        eval_from = f"{val_fraction:.0%} of {train_name} (seed {seed})"
+        eval_name = f"{val_fraction:.0%} of {train_name} (seed {seed})"
+    else:
+        eval_ds = _eval_split(splits[eval_name], eval_name, the_task, input_col, label_col, labels,
+                              seen=set(train_classes), train_name=train_name)
 
     train = subsample(train, max_train_samples, seed, "max_train_samples")
     eval_ds = subsample(eval_ds, max_eval_samples, seed, "max_eval_samples")
     _require_rows(train, train_name)
-    _require_rows(eval_ds, eval_from)
+    _require_rows(eval_ds, eval_name)
     return Splits(train=train, eval=eval_ds, task=the_task.name, labels=labels,
                   source_columns={"input": input_col, "label": label_col},
-                  source_splits={"train": train_name, "eval": eval_from})
+                  source_splits={"train": train_name, "eval": eval_name})
+
+
+def _eval_split(raw, name, task, input_col, label_col, labels, *, seen, train_name) -> datasets.Dataset:
+    _require_rows(raw, name)
+    missing = [c for c in (input_col, label_col) if c not in raw.column_names]
+    if missing:
+        raise HfftError(f"Split {name!r} lacks column(s) {missing} that split {train_name!r} has; its columns: "
+                        f"{raw.column_names}. Pass eval_split= naming another split.")
+    raw = drop_incomplete(raw, input_col, label_col, name)
+    _check_seen(raw, label_col, seen, name, train_name)
+    return canonical(raw, task, input_col, label_col, labels, name)
 
 
 # ---------------------------------------------------------------- loading
@@ -122,23 +125,25 @@ def load_source(source, *, train_split: str = "train") -> tuple[datasets.Dataset
     if path.is_file():
         return _load_files(_files_by_split([path])), ""
     if path.is_dir():
-        return _load_folder(path)
+        return _load_folder(path, train_split)
     if not _HUB_ID.match(str(source)) or path.suffix.lower() in (*TABLE_FORMATS, *IMAGE_SUFFIXES):
         raise HfftError(f"Data path {str(source)!r} does not exist. Check the path (relative paths are read from "
                         f"{Path.cwd()}).")
     return _load_hub(str(source)), ""
 
 
-def _load_folder(path: Path) -> tuple[datasets.DatasetDict, str]:
+def _load_folder(path: Path, train_split: str) -> tuple[datasets.DatasetDict, str]:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():  # made by save_to_disk
         loaded = datasets.load_from_disk(str(path))
-        return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})), ""
+        return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({train_split: loaded})), ""
     files = [p for p in sorted(path.rglob("*"))
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)]
-    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-        # imagefolder: labels from class folder names, splits from train/ val/ test/ folders; works offline.
-        return datasets.load_dataset("imagefolder", data_dir=str(path)), \
-            " (an image folder needs one subfolder per class, e.g. cats/1.jpg, dogs/2.jpg)"
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if images:
+        hint = " (an image folder needs one subfolder per class, e.g. cats/1.jpg, dogs/2.jpg)"
+        if any(p.stem == "metadata" and p.suffix.lower() in TABLE_FORMATS for p in files):
+            return datasets.load_dataset("imagefolder", data_dir=str(path)), hint  # labels in a metadata file
+        return _image_folder(path, images), hint
     tables = [p for p in files if p.suffix.lower() in TABLE_FORMATS]
     if tables:
         return _load_files(_files_by_split(tables, root=path)), ""
@@ -147,12 +152,33 @@ def _load_folder(path: Path) -> tuple[datasets.DatasetDict, str]:
                     "at a folder of class subfolders of images, or at labelled data files.")
 
 
+def _image_folder(root: Path, images: list[Path]) -> datasets.DatasetDict:
+    """What datasets' imagefolder reads (class = the image's folder; train/ val/ test/ folders above the class
+    folders name splits; class names sorted), built straight from the file list: imagefolder's pattern matching
+    takes seconds on a few thousand files."""
+    split_of = {word: split for split, words in FILE_SPLIT_WORDS.items() for word in words}
+    rows: dict[str, tuple[list[str], list[str | None]]] = {}
+    for image in images:
+        parts = image.relative_to(root).parts
+        split = split_of.get(parts[0].lower()) if len(parts) >= 3 else None  # split/class/image
+        below = parts[1:] if split else parts
+        paths, classes = rows.setdefault(split or "train", ([], []))
+        paths.append(str(image))
+        classes.append(below[-2] if len(below) >= 2 else None)  # the image's own folder; none at the top
+    names = sorted({c for _, classes in rows.values() for c in classes if c is not None})
+    ids = {name: i for i, name in enumerate(names)}
+    features = datasets.Features({"image": datasets.Image(), **({"label": datasets.ClassLabel(names=names)}
+                                                                 if names else {})})
+    out = {}
+    for split, (paths, classes) in rows.items():
+        data = {"image": paths, **({"label": [ids.get(c, -1) for c in classes]} if names else {})}
+        out[split] = datasets.Dataset.from_dict(data, features=features)
+    return datasets.DatasetDict(out)
+
+
 def _files_by_split(files: list[Path], root: Path | None = None) -> dict[str, list[str]]:
     """Split names from file names: train.csv, reviews_test.csv, val/part-0.parquet. Files naming no split are
     the train split, unless another file is named train."""
-    for file in files:
-        if not file.is_file():
-            raise HfftError(f"Data file {str(file)!r} does not exist.")
     groups: dict[str, list[str]] = {}
     unnamed = []
     for file in files:
@@ -171,6 +197,8 @@ def _load_files(groups: dict[str, list[str]]) -> datasets.DatasetDict:
     formats = {}
     for files in groups.values():
         for file in files:
+            if not Path(file).is_file():
+                raise HfftError(f"Data file {file!r} does not exist.")
             suffix = Path(file).suffix.lower()
             if suffix not in TABLE_FORMATS:
                 raise HfftError(f"Unsupported data file {file!r}: use one of {sorted(TABLE_FORMATS)}, or a folder of "

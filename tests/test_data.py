@@ -275,3 +275,48 @@ def test_non_integer_numbers_are_not_labels(tmp_path):
 def test_hub_id_offline_says_what_to_do():
     with pytest.raises(HfftError, match=r"someone/no-such-data.*(HF_HUB_OFFLINE|network).*local"):
         load_splits("someone/no-such-data")
+
+
+# ---------------------------------------------------------------- more sources
+
+
+def test_image_folder_layout_rules(tmp_path, caplog):
+    root = tmp_path / "lab"
+    write_images(root / "test", 6)      # a class that happens to be called "test": no split folder below it
+    write_images(root / "control", 6)
+    write_images(root, 1)               # a stray image outside every class folder
+    splits = load_splits(root, val_fraction=0.25)
+    assert splits.labels == ["control", "test"]
+    assert len(splits.train) + len(splits.eval) == 12
+    assert "dropped 1 rows" in caplog.text
+
+
+def test_parquet_dict_and_saved_dataset_sources(tmp_path, classlabel_dsd):
+    for split in ("train", "validation"):
+        classlabel_dsd[split].to_parquet(tmp_path / f"{split}.parquet")
+    from_dict = load_splits({"train": tmp_path / "train.parquet", "validation": [tmp_path / "validation.parquet"]})
+    assert from_dict.labels == ["zebra", "apple", "mango"]  # parquet keeps the ClassLabel feature
+    assert from_dict.source_splits["eval"] == "validation"
+    classlabel_dsd.save_to_disk(tmp_path / "saved")
+    saved = load_splits(tmp_path / "saved")
+    assert texts(saved.eval) == texts(from_dict.eval)
+
+
+def test_in_memory_dataset_with_images_and_int_labels():
+    images = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(12)]
+    ds = datasets.Dataset.from_dict({"img": images, "target": [i % 3 for i in range(12)]})
+    splits = load_splits(ds, val_fraction=0.25)
+    assert splits.task == "image-classification"
+    assert splits.source_columns == {"input": "img", "label": "target"}
+    assert splits.labels == ["0", "1", "2"] and sorted(splits.eval["labels"]) == [0, 1, 2]
+
+
+def test_task_that_does_not_fit_the_data_is_an_error(reviews_csv):
+    with pytest.raises(HfftError, match=r"No image column for image-classification.*input_column="):
+        load_splits(reviews_csv, task="image-classification")
+
+
+def test_mixed_file_formats_are_an_error(tmp_path, reviews_csv):
+    (tmp_path / "more.jsonl").write_text('{"review": "x", "sentiment": "positive"}\n')
+    with pytest.raises(HfftError, match="different formats"):
+        load_splits([reviews_csv, tmp_path / "more.jsonl"])

@@ -88,7 +88,8 @@ class TextClassification(Task):
         def tokenize(batch):
             return processor(batch["text"], truncation=True, max_length=limit)
 
-        return ds.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing")
+        others = [c for c in ds.column_names if c != "labels"]  # the collator takes token ids and labels only
+        return ds.map(tokenize, batched=True, remove_columns=others, desc="Tokenizing")
 
     def collator(self, processor):
         from transformers import DataCollatorWithPadding
