@@ -73,7 +73,8 @@ def test_registry_holds_both_modalities():
     assert (IMAGE.pipeline_task, TEXT.pipeline_task) == ("image-classification", "text-classification")
 
 
-@pytest.mark.parametrize("name, hint", [("image-clasification", "image-classification"), ("text", "text-classification")])
+@pytest.mark.parametrize("name, hint", [("image-clasification", "image-classification"),
+                                        ("text", "text-classification")])
 def test_unknown_task_suggests_the_closest(name, hint):
     with pytest.raises(HfftError, match=f"Unknown task '{name}'. Did you mean '{hint}'"):
         get_task(name)
@@ -143,8 +144,8 @@ def test_image_size_override_lives_on_the_saved_processor(tmp_path, processor_cl
     processor.save_pretrained(tmp_path / "run")
     reloaded = AutoImageProcessor.from_pretrained(str(tmp_path / "run"), backend="pil")  # what pipeline() loads
     assert output_size(reloaded) == (16, 16)
-    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (50, 30))], "labels": [0]},
-                                    features=datasets.Features({"image": datasets.Image(), "labels": datasets.Value("int64")}))
+    features = datasets.Features({"image": datasets.Image(), "labels": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (50, 30))], "labels": [0]}, features=features)
     assert IMAGE.prepare(ds, processor, train=True)[0]["pixel_values"].shape == (3, 16, 16)
 
 

@@ -40,7 +40,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
             top = 1.0 if pixels.max(initial=0) <= 1.0 else 255.0
         else:
             top = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))  # mode "L"
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -91,10 +91,9 @@ def set_image_size(processor, size: int) -> None:
         return new if isinstance(old, dict) or old is None else type(old)(**new)
 
     crop = getattr(processor, "crop_size", None)
-    if getattr(processor, "do_center_crop", False) and get(crop, "height"):
-        # Resize then crop (say 256 -> 224): the resize scales by the same factor, the crop becomes `size`.
+    resize_then_crop = getattr(processor, "do_center_crop", False) and get(crop, "height")
+    if resize_then_crop:  # say 256 -> 224: the resize scales by the same factor, the crop becomes `size`
         new_size = scaled(processor.size, size / get(crop, "height"))
-        processor.crop_size = like(crop, {"height": size, "width": size})
     elif get(processor.size, "height") and get(processor.size, "width"):
         new_size = {"height": size, "width": size}
     elif get(processor.size, "shortest_edge"):
@@ -104,6 +103,8 @@ def set_image_size(processor, size: int) -> None:
     if new_size is None:
         raise HfftError(f"Cannot set image_size for {type(processor).__name__} (size {processor.size}). Leave "
                         "data.image_size empty to use the model's own size.")
+    if resize_then_crop:
+        processor.crop_size = like(crop, {"height": size, "width": size})
     processor.size = like(processor.size, new_size)
     if output_size(processor) != (size, size):
         raise HfftError(f"{type(processor).__name__} did not produce {size}x{size} images after setting image_size "
