@@ -39,3 +39,8 @@ class FineTuneTrainer(Trainer):
             self.lr_scheduler = FineTuneScheduler(optimizer or self.optimizer, self.plan)
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _get_learning_rate(self) -> float:
+        # The Trainer logs one learning rate; the head's is the one fastai's base_lr refers to.
+        # Every group's is in <run>/log.jsonl.
+        return self.optimizer.param_groups[-1]["lr"]
