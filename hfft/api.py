@@ -21,7 +21,7 @@ from .config import Config, field_names, from_dict
 from .data import load_splits
 from .errors import HfftError, suggest
 from .layers import LayerGroup, layer_groups, norm_kind, norm_param_names
-from .metrics import report, trainer_metrics
+from .metrics import TrainerMetrics
 from .models import load_classifier
 from .schedule import FineTunePlan
 from .tasks import get_task
@@ -150,6 +150,7 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     norm_names = norm_param_names(model)
     train_norm = resolve_train_norm(t.train_norm, model)
 
+    metrics_fn = TrainerMetrics(splits.labels)
     freeze = FreezeCallback(model, groups, keep_trainable=norm_names if train_norm else set())
     lr_log = GroupLRLog(out / runfolder.LOG_NAME, [g.name for g in groups])
 
@@ -159,18 +160,15 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     trainer = FineTuneTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=task.collator(processor), processing_class=processor,
-        compute_metrics=trainer_metrics(splits.labels), callbacks=[freeze, lr_log, *callbacks],
+        compute_metrics=metrics_fn, callbacks=[freeze, lr_log, *callbacks],
         groups=groups, norm_names=norm_names, total_epochs=t.freeze_epochs + t.epochs, on_plan=on_plan,
         plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
                      "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div})
     transformers.logging.set_verbosity_warning()
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    prediction = trainer.predict(eval_ds, metric_key_prefix="eval")
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    metrics = report(prediction.label_ids, logits.argmax(-1), splits.labels)
-    metrics.update(loss=prediction.metrics.get("eval_loss"), eval_examples=int(len(prediction.label_ids)),
-                   train_runtime=train_output.metrics.get("train_runtime"),
+    metrics = final_evaluation(trainer, eval_ds, metrics_fn)
+    metrics.update(train_examples=len(splits.train), train_runtime=train_output.metrics.get("train_runtime"),
                    train_samples_per_second=train_output.metrics.get("train_samples_per_second"),
                    train_norm=train_norm)
 
@@ -183,6 +181,19 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     log.info("accuracy %.4f, macro F1 %.4f -> %s", metrics["accuracy"], metrics["f1_macro"], out)
     return FineTuneResult(metrics=metrics, output_dir=str(out), model=trainer.model, config=cfg, groups=groups,
                           plan=trainer.plan)
+
+
+def final_evaluation(trainer, eval_ds, metrics_fn: TrainerMetrics) -> dict:
+    """The full report on the evaluation set, reusing the Trainer's own evaluation of the final weights when it
+    ran one at the last step (with eval_strategy="epoch" it did)."""
+    history = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if metrics_fn.last is not None and history and history[-1]["step"] == trainer.state.global_step:
+        metrics, loss = dict(metrics_fn.last), history[-1]["eval_loss"]
+    else:
+        prediction = trainer.predict(eval_ds, metric_key_prefix="eval")
+        metrics, loss = dict(metrics_fn.last), prediction.metrics.get("eval_loss")
+    metrics.update(loss=loss, eval_examples=sum(map(sum, metrics["confusion_matrix"])))
+    return metrics
 
 
 def _plot(out: Path, metrics: dict, labels: list[str]) -> None:

@@ -88,7 +88,9 @@ def predict(run, inputs, *, top_k: int = 1, batch_size: int = 32, column: str | 
     task = run_task(run)
     items = _expand_images(inputs) if task == "image-classification" else _expand_texts(inputs, column)
     classify = pipeline(task, model=str(run), device=device)
-    outputs = classify(items, top_k=top_k, batch_size=batch_size)
+    # The text pipeline does not truncate by default; the saved tokenizer's model_max_length is the training length.
+    extra = {"truncation": True} if task == "text-classification" else {}
+    outputs = classify(items, top_k=top_k, batch_size=batch_size, **extra)
     results = []
     for item, out in zip(items, outputs):
         out = out if isinstance(out, list) else [out]

@@ -33,12 +33,15 @@ def report(labels, preds, names: list[str]) -> dict:
     }
 
 
-def trainer_metrics(names: list[str]):
-    """compute_metrics for transformers.Trainer: the scalar metrics only (the Trainer logs them every epoch)."""
+class TrainerMetrics:
+    """compute_metrics for transformers.Trainer. The Trainer logs the scalars every evaluation; the full report
+    of the latest one is kept, so the final evaluation need not run the model over the data a second time."""
 
-    def compute(eval_pred) -> dict:
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.last: dict | None = None
+
+    def __call__(self, eval_pred) -> dict:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        full = report(eval_pred.label_ids, np.argmax(logits, axis=-1), names)
-        return {"accuracy": full["accuracy"], "f1_macro": full["f1_macro"]}
-
-    return compute
+        self.last = report(eval_pred.label_ids, np.argmax(logits, axis=-1), self.names)
+        return {"accuracy": self.last["accuracy"], "f1_macro": self.last["f1_macro"]}
