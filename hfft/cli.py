@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import HfftError
@@ -43,9 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging() -> None:
+    """hfft's progress lines on the main process only; under `accelerate launch` every process runs this."""
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     try:
         return COMMANDS[args.command](args)
     except HfftError as err:

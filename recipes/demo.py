@@ -5,12 +5,12 @@
 3. print a results table; each run folder holds the model, metrics.json, training.png and confusion_matrix.png.
 """
 
-import logging
 import sys
 import time
 from pathlib import Path
 
 from hfft.api import run
+from hfft.cli import setup_logging
 from hfft.config import load_config
 from hfft.zoo import resolve_model, verify_efficientnet_lite0
 
@@ -21,7 +21,7 @@ JOBS = [("text: MiniLM-L6 / Rotten Tomatoes", CONFIGS / "minilm_rotten_tomatoes.
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     folder = resolve_model("hfft:efficientnet-lite0")
     print(f"EfficientNet-Lite0 converted to transformers: max |logit difference| vs original = "
           f"{verify_efficientnet_lite0(folder):.2e}")

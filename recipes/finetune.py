@@ -11,11 +11,11 @@
 
 import argparse
 import json
-import logging
 import sys
 
 from hfft import HfftError
 from hfft.api import run
+from hfft.cli import setup_logging
 from hfft.config import load_config
 
 
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
 
     try:
         config = load_config(args.config, args.overrides + (["train.resume=true"] if args.resume else []))
