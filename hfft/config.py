@@ -59,6 +59,8 @@ class TrainConfig:
     weight_decay: float = _doc("Decoupled weight decay (none on norm and bias parameters).", 0.01)
     train_norm: str | bool = _doc("Train norm-layer weights while frozen: true, false or 'auto' (BatchNorm models "
                                   "only: see README).", "auto")
+    bn_momentum: float | None = _doc("Momentum of BatchNorm running statistics while fine-tuning (PyTorch's 0.1); "
+                                     "empty keeps the checkpoint's. See README.", 0.1)
     body_groups: int = _doc("Number of layer groups the body blocks are split into.", 3)
     batch_size: int = _doc("Per-device training batch size.", 32)
     eval_batch_size: int | None = _doc("Per-device evaluation batch size (default: 2x batch_size).", None)
@@ -89,6 +91,7 @@ class Config:
             (t.batch_size > 0, "train.batch_size must be > 0"),
             (t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be > 0"),
             (t.body_groups > 0, "train.body_groups must be > 0"),
+            (t.bn_momentum is None or 0 < t.bn_momentum < 1, "train.bn_momentum must be between 0 and 1"),
             (t.train_norm in (True, False, "auto"), "train.train_norm must be true, false or 'auto'"),
             (0 < d.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
             (d.max_train_samples is None or d.max_train_samples > 0, "data.max_train_samples must be > 0"),

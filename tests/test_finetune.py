@@ -84,6 +84,9 @@ def test_batchnorm_model_trains_norms_but_nothing_else_while_frozen(tmp_path, ti
     assert all(torch.equal(final[n], original[n]) for n in body if n not in norms)
     assert any(not torch.equal(final[n], original[n]) for n in body if n in norms), "BatchNorm weights did not train"
     assert final["classifier.1.weight"].shape[0] == 2  # 3 ImageNet-style labels replaced by red/blue
+    # Running statistics follow the new data at PyTorch's momentum, whatever the checkpoint's config said.
+    norms_in_model = [m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms_in_model and all(m.momentum == 0.1 for m in norms_in_model)
 
 
 def _expected_lr(step, group, n_groups, spe, freeze_epochs, epochs, base_lr=2e-3, lr_mult=100):
