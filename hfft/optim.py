@@ -33,6 +33,7 @@ def param_groups(model: torch.nn.Module, groups: list[LayerGroup], weight_decay:
     return out
 
 
-def build_optimizer(model, groups, weight_decay, norm_names) -> torch.optim.AdamW:
+def build_optimizer(model, groups, weight_decay, norm_names, fused: bool = False) -> torch.optim.AdamW:
+    """fused: the single-kernel AdamW the Trainer itself picks by default on recent torch (faster than foreach)."""
     return torch.optim.AdamW(param_groups(model, groups, weight_decay, norm_names), lr=0.0, betas=ADAM_BETAS,
-                             eps=ADAM_EPS)
+                             eps=ADAM_EPS, fused=fused or None)

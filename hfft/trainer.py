@@ -23,7 +23,8 @@ class FineTuneTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.model if model is None else model, self.groups,
-                                             self.args.weight_decay, self.norm_names)
+                                             self.args.weight_decay, self.norm_names,
+                                             fused=self.args.optim == "adamw_torch_fused")
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
