@@ -7,7 +7,12 @@ train both phases, evaluate, save."""
 from __future__ import annotations
 
 import dataclasses
+import enum
+import errno
 import logging
+import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +20,16 @@ import torch
 import transformers
 from transformers import TrainingArguments, set_seed
 
-from . import runfolder
+from . import adapters, runfolder
 from .callbacks import FreezeCallback, GroupLRLog
-from .config import Config, field_names, from_dict
+from .card import write_card
+from .config import NUMBER, SECRET_ARGS, Config, field_names, from_dict
 from .data import load_splits
 from .errors import HfftError, suggest
-from .layers import LayerGroup, layer_groups, norm_kind, norm_param_names
+from .hub import push
+from .layers import LayerGroup, layer_groups, norm_param_names
 from .metrics import TrainerMetrics
-from .models import load_classifier
+from .models import check_head, load_classifier, load_config_for
 from .schedule import FineTunePlan
 from .tasks import get_task
 from .trainer import FineTuneTrainer
@@ -63,7 +70,13 @@ def build_config(config: Config | dict | None = None, **values) -> Config:
         if value is None and key in ("model", "data", "task", "output_dir"):
             continue
         key = {"model": "name", "data": "source"}.get(key, key)
-        if key in names:
+        if key == "lora":  # True, a dict of lora settings, or a peft.LoraConfig
+            nested["lora"] = adapters.lora_section(value)
+        elif key == "push_to_hub" and isinstance(value, str):  # push_to_hub="user/name"
+            nested.setdefault("hub", {}).update(push_to_hub=True, repo_id=value)
+        elif names.get(key) == "lora":
+            raise HfftError(f"LoRA settings go in lora=, e.g. fine_tune(lora={{{key!r}: {value!r}}}).")
+        elif key in names:
             nested.setdefault(names[key], {})[key] = value
         elif key in MANAGED_ARGS:
             raise HfftError(f"{key!r} is set by hfft; use {MANAGED_ARGS[key]!r} instead.")
@@ -87,8 +100,53 @@ def fine_tune(model: str | None = None, data=None, output_dir: str | None = None
     return run(cfg, dataset=in_memory, callbacks=callbacks)
 
 
+# TrainingArguments takes these without complaint and fails much later; their least sensible values.
+ARG_MINIMUM = {"gradient_accumulation_steps": 1, "eval_accumulation_steps": 1, "dataloader_num_workers": 0,
+               "max_grad_norm": 0, "save_total_limit": 1}
+
+
+def check_training_args(args: dict) -> None:
+    """train.args before any work: TrainingArguments fields only, none that hfft sets itself, each of its field's
+    type (TrainingArguments accepts gradient_accumulation_steps="two" and fails an hour later)."""
+    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
+    for key, value in args.items():
+        name = f"train.args.{key}"
+        if key in MANAGED_ARGS:
+            raise HfftError(f"{name} is set by hfft; use {MANAGED_ARGS[key]!r} instead.")
+        if key not in fields:
+            raise HfftError(f"Unknown training argument {name}.{suggest(key, fields)} train.args takes "
+                            "transformers.TrainingArguments fields.")
+        if fields[key] is float and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            args[key] = value = float(value)  # YAML 1.1 reads 1e-8 as text
+        if not _fits(value, fields[key]):
+            shown = "a value that is hidden here" if "token" in key else repr(value)
+            raise HfftError(f"{name} must be {_type_text(fields[key])}, got {shown}.")
+        if key in ARG_MINIMUM and value is not None and value < ARG_MINIMUM[key]:
+            raise HfftError(f"{name} must be >= {ARG_MINIMUM[key]} (got {value!r}).")
+
+
+def _fits(value, annotation) -> bool:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_fits(value, option) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation in (int, float) and isinstance(value, bool):
+        return False
+    if annotation is float:
+        return isinstance(value, (int, float))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, (str, annotation))  # TrainingArguments names a wrong choice itself
+    annotation = typing.get_origin(annotation) or annotation
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _type_text(annotation) -> str:
+    return re.sub(r"<class '(\w+)'>|[\w.]+\.(\w+)", lambda m: m.group(1) or m.group(2), str(annotation))
+
+
 def training_arguments(cfg: Config, run: Path) -> TrainingArguments:
     t = cfg.train
+    check_training_args(t.args)
     epochs = t.freeze_epochs + t.epochs
     defaults = {
         "eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 2, "logging_strategy": "steps",
@@ -99,7 +157,7 @@ def training_arguments(cfg: Config, run: Path) -> TrainingArguments:
         # Frozen parameters produce no gradients; DDP must be told, or it waits for them forever.
         "ddp_find_unused_parameters": t.freeze_epochs > 0 or None,
     }
-    defaults.update(t.args)
+    defaults.update({k: v for k, v in t.args.items() if k not in SECRET_ARGS})  # the token is hfft's to use
     try:
         return TrainingArguments(
             output_dir=str(run / runfolder.CHECKPOINTS), num_train_epochs=t.freeze_epochs + t.epochs,
@@ -108,16 +166,17 @@ def training_arguments(cfg: Config, run: Path) -> TrainingArguments:
             remove_unused_columns=False,  # image transforms are lazy: the raw image column must reach them
             **defaults)
     except (TypeError, ValueError) as err:
-        raise HfftError(f"Invalid training argument in train.args: {err}") from err
+        culprits = [key for key in t.args if not _valid_alone(key, t.args[key], run)]
+        where = ", ".join(f"train.args.{key}" for key in culprits) or "train.args"
+        raise HfftError(f"Invalid training argument {where}: {err}") from err
 
 
-def resolve_train_norm(setting, model) -> bool:
-    """'auto': train BatchNorm weights while frozen (cheap on CNNs, and BN's affine adapts to the new data, as
-    in fastai), but keep LayerNorm frozen: on transformers it forces the backward through the whole body for
-    no measured gain (see README)."""
-    if setting == "auto":
-        return norm_kind(model) == "batch"
-    return bool(setting)
+def _valid_alone(key: str, value, run: Path) -> bool:
+    try:
+        TrainingArguments(output_dir=str(run), use_cpu=True, **{key: value})
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def set_bn_momentum(model, momentum: float) -> None:
@@ -137,19 +196,22 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     cfg.validate()
     t, d = cfg.train, cfg.data
     out = Path(t.output_dir)
+    args = training_arguments(cfg, out)
     checkpoint = runfolder.prepare(out, overwrite=t.overwrite, resume=t.resume)
     set_seed(t.seed)
 
     model_path = resolve_model(cfg.model.name)
     source = dataset if dataset is not None else resolve_data(d.source)
     hub = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
-    args = training_arguments(cfg, out)
+    model_config = load_config_for(model_path, **hub)  # a wrong model name fails here, before the data is read
     # Reading and tokenising the data happens once, on the main process first; the others then hit the cache.
     with args.main_process_first(desc="loading data"):
         splits = load_splits(source, task=d.task, input_column=d.input_column, label_column=d.label_column,
                              train_split=d.train_split, eval_split=d.eval_split, val_fraction=d.val_fraction,
-                             seed=t.seed, max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples)
+                             seed=t.seed, max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
+                             skip_bad_files=d.skip_bad_files, encoding=d.encoding)
         task = get_task(splits.task)
+        check_head(task, model_config, cfg.model.name, cfg.model.trust_remote_code)
         processor = task.load_processor(model_path, image_size=d.image_size, max_length=d.max_length, **hub)
         train_ds = task.prepare(splits.train, processor, train=True, seed=t.seed, max_length=d.max_length)
         eval_ds = task.prepare(splits.eval, processor, train=False, seed=t.seed, max_length=d.max_length)
@@ -161,9 +223,16 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
                                         pad_token_id=getattr(processor, "pad_token_id", None), **hub)
     if t.bn_momentum is not None:
         set_bn_momentum(model, t.bn_momentum)
+    if cfg.lora.enabled:  # before the groups: they are the wrapped model's trainable parameters
+        model = adapters.wrap(model, cfg.lora, new_params, task_name=task.name, revision=cfg.model.revision,
+                              base_model=adapters.base_model_id(cfg.model.name, model_path))
     groups = layer_groups(model, new_params, t.body_groups)
+    if cfg.lora.enabled:
+        groups = adapters.trainable_groups(model, groups)
+    trained, total = adapters.parameter_counts(model, groups)
+    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trained:,}", f"{total:,}", 100 * trained / max(total, 1))
     norm_names = norm_param_names(model)
-    train_norm = resolve_train_norm(t.train_norm, model)
+    train_norm = t.train_norm
 
     metrics_fn = TrainerMetrics(splits.labels)
     freeze = FreezeCallback(model, groups, keep_trainable=norm_names if train_norm else set())
@@ -178,24 +247,59 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
         compute_metrics=metrics_fn, callbacks=[freeze, lr_log, *callbacks],
         groups=groups, norm_names=norm_names, total_epochs=t.freeze_epochs + t.epochs, on_plan=on_plan,
         plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
-                     "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div})
+                     "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div},
+        lr_scales=adapters.loraplus_scales(groups, cfg.lora.loraplus_lr_ratio) if cfg.lora.enabled else None)
     transformers.logging.set_verbosity_warning()
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    metrics = final_evaluation(trainer, eval_ds, metrics_fn)
+    if t.overwrite:
+        runfolder.clear_previous(out)  # only now: a run that failed before this point leaves the old one whole
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        metrics = final_evaluation(trainer, eval_ds, metrics_fn)
+    except RuntimeError as err:  # torch.OutOfMemoryError (CUDA), and MPS's plain RuntimeError
+        if "out of memory" not in str(err).lower():
+            raise
+        raise out_of_memory(cfg, out) from err
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise HfftError(f"The disk is full ({err}) while writing checkpoints to {out / runfolder.CHECKPOINTS}. "
+                        "Complete checkpoints are kept: free space (or keep fewer, train.args.save_total_limit=1), "
+                        "then continue with resume=True.") from err
     metrics.update(train_examples=len(splits.train), train_runtime=train_output.metrics.get("train_runtime"),
                    train_samples_per_second=train_output.metrics.get("train_samples_per_second"),
-                   train_norm=train_norm)
+                   train_norm=train_norm, trainable_params=trained, total_params=total)
 
     runfolder.save_model(trainer, out)
     if trainer.is_world_process_zero():
         cfg.save(out / runfolder.CONFIG_NAME)
         runfolder.save_json(out / runfolder.METRICS_NAME, metrics)
         _plot(out, metrics, splits.labels)
+        if cfg.lora.merge:
+            adapters.save_merged(out, task)
+        write_card(out, cfg.hub.repo_id)
+        if cfg.hub.push_to_hub:
+            push(out, cfg.hub.repo_id, private=cfg.hub.private, merged=cfg.hub.push_merged,
+                 token=t.args.get("hub_token"))
     trainer.accelerator.wait_for_everyone()
     log.info("accuracy %.4f, macro F1 %.4f -> %s", metrics["accuracy"], metrics["f1_macro"], out)
     return FineTuneResult(metrics=metrics, output_dir=str(out), model=trainer.model, config=cfg, groups=groups,
                           plan=trainer.plan)
+
+
+def out_of_memory(cfg: Config, out: Path) -> HfftError:
+    t = cfg.train
+    steps = int(t.args.get("gradient_accumulation_steps", 1))
+    half = max(1, t.batch_size // 2)
+    lora = getattr(getattr(cfg, "lora", None), "enabled", False)
+    ways = [f"a smaller batch: train.batch_size={half} with train.args.gradient_accumulation_steps={steps * 2} "
+            "keeps the effective batch", "train.args.bf16=true", "train.args.gradient_checkpointing=true",
+            "a smaller data.image_size or data.max_length"]
+    if not lora:
+        ways.append("LoRA (lora.enabled=true), which trains and stores optimizer state for far fewer weights")
+    saved = runfolder.complete_checkpoints(out)
+    kept = f" Checkpoints so far are kept in {saved[-1].parent}: continue with resume=True." if saved else ""
+    return HfftError(f"Out of GPU memory while training with batch_size {t.batch_size}"
+                     f"{f' x {steps} accumulation steps' if steps > 1 else ''}. Try " + "; ".join(ways) + "." + kept)
 
 
 def final_evaluation(trainer, eval_ds, metrics_fn: TrainerMetrics) -> dict:

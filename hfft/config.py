@@ -4,8 +4,10 @@ The resolved config is saved in every run folder, so a run can be repeated from 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,9 @@ class DataConfig:
     max_eval_samples: int | None = _doc("Use a seeded subset of this many evaluation examples.", None)
     image_size: int | None = _doc("Resize images to this size instead of the model's (smaller is faster).", None)
     max_length: int | None = _doc("Truncate texts to this many tokens (default: model maximum, at most 512).", None)
+    skip_bad_files: bool = _doc("Train without the image files that cannot be read (a warning says how many) "
+                                "instead of stopping with their list.", False)
+    encoding: str | None = _doc("Text encoding of CSV/TSV files, e.g. 'cp1252' (default: UTF-8).", None)
 
 
 @dataclass
@@ -57,8 +62,8 @@ class TrainConfig:
     pct_start: float = _doc("Fraction of the unfrozen phase spent warming the learning rate up.", 0.3)
     div: float = _doc("Unfrozen phase starts at lr/div.", 5.0)
     weight_decay: float = _doc("Decoupled weight decay (none on norm and bias parameters).", 0.01)
-    train_norm: str | bool = _doc("Train norm-layer weights while frozen: true, false or 'auto' (BatchNorm models "
-                                  "only: see README).", "auto")
+    train_norm: bool = _doc("Train norm-layer weights while the body is frozen (fastai's train_bn). Off: it "
+                            "makes a frozen step 2x dearer for no measured gain (README).", False)
     bn_momentum: float | None = _doc("Momentum of BatchNorm running statistics while fine-tuning (PyTorch's 0.1); "
                                      "empty keeps the checkpoint's. See README.", 0.1)
     body_groups: int = _doc("Number of layer groups the body blocks are split into.", 3)
@@ -71,10 +76,47 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning; `fine_tune(lora=True | {...} | peft.LoraConfig)`."""
+
+    enabled: bool = _doc("Train LoRA adapters (plus the new head) instead of every weight.", False)
+    r: int = _doc("Rank of the LoRA update matrices.", 8)
+    alpha: float = _doc("LoRA scaling numerator (the update is scaled by alpha / r).", 16.0)
+    dropout: float = _doc("Dropout on the LoRA branch's input.", 0.05)
+    target_modules: str | list[str] = _doc("'auto' (per architecture: attention query/value, decoder LLMs' "
+                                           "attention projections, CNNs' pointwise convolutions), 'all-linear', "
+                                           "or module names as peft takes them.", "auto")
+    loraplus_lr_ratio: float | None = _doc("LoRA+: learning rate of the B matrices relative to the A matrices' "
+                                           "(e.g. 16); empty: the same.", None)
+    merge: bool = _doc("Also save the adapter merged into the base model, a plain model, in <run>/merged.", False)
+    peft_args: dict = _doc("Further peft.LoraConfig arguments (use_rslora, init_lora_weights, ...).", factory=dict)
+
+
+@dataclass
+class HubConfig:
+    push_to_hub: bool = _doc("Upload the run folder to the Hugging Face Hub when training ends (token: HF_TOKEN "
+                             "or `hf auth login`).", False)
+    repo_id: str | None = _doc("Hub repository 'user/name' (default: the run folder's name, under your account).",
+                               None)
+    private: bool = _doc("Create the repository private.", False)
+    license: str | None = _doc("License in the model card's metadata, e.g. apache-2.0 (default: 'other').", None)
+    push_merged: bool = _doc("Upload the merged model instead of the adapter (LoRA runs).", False)
+
+
+# TrainingArguments whose hfft counterparts live in the hub section: the Trainer's own pushes are not used.
+HUB_ARGS = {"push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.repo_id", "hub_private_repo": "hub.private",
+            "hub_strategy": "hub.push_to_hub"}
+# Keys of train.args that hold secrets: used where needed, never passed on to TrainingArguments nor saved.
+SECRET_ARGS = ("hub_token",)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def validate(self) -> "Config":
         """Nonsense values are named here, before a model is loaded or a file is written."""
@@ -92,33 +134,76 @@ class Config:
             (t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be > 0"),
             (t.body_groups > 0, "train.body_groups must be > 0"),
             (t.bn_momentum is None or 0 < t.bn_momentum < 1, "train.bn_momentum must be between 0 and 1"),
-            (t.train_norm in (True, False, "auto"), "train.train_norm must be true, false or 'auto'"),
             (0 < d.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
             (d.max_train_samples is None or d.max_train_samples > 0, "data.max_train_samples must be > 0"),
             (d.max_eval_samples is None or d.max_eval_samples > 0, "data.max_eval_samples must be > 0"),
             (d.image_size is None or d.image_size > 0, "data.image_size must be > 0"),
             (d.max_length is None or d.max_length > 0, "data.max_length must be > 0"),
+            (d.encoding is None or _is_codec(d.encoding), "data.encoding must be a Python codec name such as "
+                                                           "'utf-8', 'cp1252' or 'latin-1'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise HfftError(f"{message} (got {self._value_for(message)!r}).")
         if t.overwrite and t.resume:
             raise HfftError("train.overwrite and train.resume contradict each other: choose one.")
+        for key in t.args:
+            if key in HUB_ARGS:
+                raise HfftError(f"train.args.{key}: hfft pushes the finished run itself; use {HUB_ARGS[key]} "
+                                "instead (the Trainer's own pushes would upload checkpoints).")
+        self._validate_lora()
+        if self.hub.push_merged and not self.lora.enabled:
+            raise HfftError("hub.push_merged needs lora.enabled: without LoRA the run already is a plain model.")
         return self
+
+    def _validate_lora(self) -> None:
+        lora = self.lora
+        checks = [
+            (lora.r > 0, "lora.r must be > 0"),
+            (lora.alpha > 0, "lora.alpha must be > 0"),
+            (0 <= lora.dropout < 1, "lora.dropout must be >= 0 and < 1"),
+            (lora.loraplus_lr_ratio is None or lora.loraplus_lr_ratio >= 1, "lora.loraplus_lr_ratio must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HfftError(f"{message} (got {self._value_for(message)!r}).")
+        targets = lora.target_modules
+        if isinstance(targets, str) and targets not in ("auto", "all-linear"):
+            raise HfftError(f"lora.target_modules must be 'auto', 'all-linear' or a list of module names, got "
+                            f"{targets!r}.{suggest(targets, ['auto', 'all-linear'])}")
+        if isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
+            raise HfftError(f"lora.target_modules must be a non-empty list of module names, got {targets!r}.")
+        if lora.merge and not lora.enabled:
+            raise HfftError("lora.merge needs lora.enabled: without LoRA the run already is a plain model.")
+        if lora.peft_args:
+            from .adapters import check_peft_args  # imports peft: only when there is something to check
+
+            check_peft_args(lora.peft_args)
 
     def _value_for(self, message: str):
         section, key = message.split()[0].split(".")
         return getattr(getattr(self, section), key)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data, secrets (train.args.hub_token) left out: this is what hfft.yaml holds."""
+        values = dataclasses.asdict(self)
+        values["train"]["args"] = {k: v for k, v in values["train"]["args"].items() if k not in SECRET_ARGS}
+        return values
 
     def save(self, path) -> None:
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
+def _is_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
 def _section_classes() -> dict[str, type]:
-    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "lora": LoraConfig, "hub": HubConfig}
 
 
 def field_names() -> dict[str, str]:
@@ -129,6 +214,9 @@ def field_names() -> dict[str, str]:
         for f in dataclasses.fields(cls):
             names[f.name] = section
     return names
+
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(value: Any, annotation, key: str):
@@ -142,6 +230,11 @@ def _coerce(value: Any, annotation, key: str):
     if text.startswith("str | bool"):
         if isinstance(value, (bool, str)):
             return value
+    elif text.startswith("str | list"):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
+            return sorted(value) if isinstance(value, set) else list(value)
     elif text.startswith("bool"):
         if isinstance(value, bool):
             return value
@@ -152,6 +245,8 @@ def _coerce(value: Any, annotation, key: str):
             return int(value)
     elif text.startswith("float"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as text
             return float(value)
     elif text.startswith("str"):
         if isinstance(value, (str, os.PathLike)):
@@ -196,12 +291,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, raw = text.split("=", 1)
     parts = dotted.strip().split(".")
     if len(parts) == 3 and parts[:2] == ["train", "args"]:  # train.args.bf16=true
-        return "train", "args", {parts[2]: yaml.safe_load(raw)}
+        return "train", "args", {parts[2]: _scalar(dotted, raw)}
     if len(parts) != 2:
         names = field_names()
         hint = f" Did you mean {names[parts[0]]}.{parts[0]}?" if len(parts) == 1 and parts[0] in names else ""
         raise HfftError(f"Override {dotted!r} must name section.key (e.g. train.epochs).{hint}")
-    return parts[0], parts[1], yaml.safe_load(raw) if raw.strip() else None
+    return parts[0], parts[1], _scalar(dotted, raw) if raw.strip() else None
+
+
+def _scalar(key: str, raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:  # python tags included: the safe loader refuses them
+        raise HfftError(f"The value of {key} is not valid YAML ({err.problem}): {raw!r}. Quote it if it is "
+                        "meant as text.") from None
 
 
 def load_config(path=None, overrides: list[str] = ()) -> Config:

@@ -73,20 +73,24 @@ def test_frozen_phase_computes_no_body_gradients(tmp_path, tiny_bert, text_csv):
         assert names and all(n.startswith("classifier.") or n.startswith("bert.pooler.") for n in names), (step, names)
 
 
-def test_batchnorm_model_trains_norms_but_nothing_else_while_frozen(tmp_path, tiny_resnet, image_folder):
+@pytest.mark.parametrize("train_norm", [False, True])
+def test_batchnorm_model_while_frozen(tmp_path, tiny_resnet, image_folder, train_norm):
+    """Default: the whole body is frozen, norms included. train_norm=True (fastai's train_bn): norm weights train."""
     result = fine_tune(model=tiny_resnet, data=image_folder, output_dir=str(tmp_path / "run"), freeze_epochs=1,
-                       epochs=0, **FAST)
-    assert result.metrics["train_norm"] is True  # auto: BatchNorm model
+                       epochs=0, train_norm=train_norm, **FAST)
     original = checkpoint_tensors(tiny_resnet)
     final = state_of(result.model)
     norms = norm_param_names(result.model)
     body = [n for n in final if n.startswith("resnet.")]
     assert all(torch.equal(final[n], original[n]) for n in body if n not in norms)
-    assert any(not torch.equal(final[n], original[n]) for n in body if n in norms), "BatchNorm weights did not train"
+    norms_changed = any(not torch.equal(final[n], original[n]) for n in body if n in norms)
+    assert norms_changed == train_norm
     assert final["classifier.1.weight"].shape[0] == 2  # 3 ImageNet-style labels replaced by red/blue
     # Running statistics follow the new data at PyTorch's momentum, whatever the checkpoint's config said.
-    norms_in_model = [m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert norms_in_model and all(m.momentum == 0.1 for m in norms_in_model)
+    bn = [m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.momentum == 0.1 for m in bn)
+    stats = {n: b for n, b in result.model.named_buffers() if n.endswith("running_mean")}
+    assert any(not torch.equal(b, original[n]) for n, b in stats.items()), "running statistics did not update"
 
 
 def _expected_lr(step, group, n_groups, spe, freeze_epochs, epochs, base_lr=2e-3, lr_mult=100):
