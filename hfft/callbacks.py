@@ -25,7 +25,10 @@ class FreezeCallback(TrainerCallback):
     `keep_trainable` (fastai's train_bn) stay trainable while frozen."""
 
     def __init__(self, model, groups: list[LayerGroup], keep_trainable: set[str] = frozenset()):
-        self.params = dict(model.named_parameters())
+        # Parameters are looked up by name when the phase changes: resuming from an adapter checkpoint may
+        # replace the parameter objects. Only the groups' parameters are touched: under LoRA the groups hold the
+        # adapters and saved modules, and the base weights stay frozen throughout.
+        self.model = model
         self.body = [n for g in groups[:-1] for n in g.param_names]
         self.plan: FineTunePlan | None = None  # set by the trainer once it knows the steps per epoch
         self.keep_trainable = set(keep_trainable)
@@ -38,8 +41,9 @@ class FreezeCallback(TrainerCallback):
         frozen = self.frozen_at(step)
         if frozen == self.frozen:
             return
+        params = dict(self.model.named_parameters())
         for name in self.body:
-            self.params[name].requires_grad_(not frozen or name in self.keep_trainable)
+            params[name].requires_grad_(not frozen or name in self.keep_trainable)
         if self.frozen is not None or frozen:
             log.info("step %d: body %s", step, "frozen (training the head)" if frozen else "unfrozen")
         self.frozen = frozen
@@ -51,7 +55,7 @@ class FreezeCallback(TrainerCallback):
         self.apply(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.apply(self.plan.total_steps)  # leave the model as users expect it: everything trainable
+        self.apply(self.plan.total_steps)  # leave the model as users expect it: every group trainable
 
 
 class GroupLRLog(TrainerCallback):
@@ -78,7 +82,8 @@ class GroupLRLog(TrainerCallback):
             return
         lrs = {}
         for group in optimizer.param_groups:
-            lrs[f"lr/{self.group_names[group['layer_group']]}"] = group["lr"]
+            if group.get("lr_scale", 1.0) == 1.0:  # LoRA+'s B matrices run at a multiple of their group's lr
+                lrs[f"lr/{self.group_names[group['layer_group']]}"] = group["lr"]
         phase = 1 if state.global_step < self.plan.frozen_steps else 2
         self._record(state, phase=phase, **lrs)
 

@@ -1,4 +1,7 @@
-"""Using a finished run folder: evaluate it on labelled data, or predict labels for new inputs."""
+"""Using a finished run folder: evaluate it on labelled data, or predict labels for new inputs.
+
+A run folder holds a full model or a LoRA adapter (rebuilt on its base model); a merged LoRA model (<run>/merged)
+is a run folder of its own."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import runfolder
+from .adapters import is_adapter_folder, load_adapter_model
 from .errors import HfftError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -27,12 +31,12 @@ def run_task(run) -> str:
     task = (run_config(run).get("data") or {}).get("task")
     if task:
         return task
-    config = json.loads((Path(run) / "config.json").read_text())
+    config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
     return "image-classification" if any("Image" in a for a in config.get("architectures", [])) \
         else "text-classification"
 
 
-def _expand_images(inputs) -> list[str]:
+def _expand_images(inputs, column: str | None = None) -> list[str]:
     files = []
     for item in inputs:
         path = Path(item)
@@ -40,6 +44,13 @@ def _expand_images(inputs) -> list[str]:
             files += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             files.append(str(path))
+        elif path.is_file() and path.suffix.lower() in TEXT_FILE_SUFFIXES:  # a list of image paths
+            listed = [str(path.parent / p) for p in _read_texts(path, column, "image paths")]
+            missing = [p for p in listed if Path(p).suffix.lower() not in IMAGE_SUFFIXES or not Path(p).is_file()]
+            if missing:
+                raise HfftError(f"{item!r}: {missing[0]!r} is not an image file; this model classifies images, so "
+                                "a text file must list image paths (relative to the file), one per row.")
+            files += listed
         elif path.is_file():
             raise HfftError(f"{item!r} is not an image file; this model classifies images.")
         else:
@@ -56,6 +67,9 @@ def _expand_texts(inputs, column: str | None) -> list[str]:
         path = Path(item) if len(str(item)) < 4096 else None
         if path is not None and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             raise HfftError(f"{item!r} is an image, but this model classifies text.")
+        if path is not None and path.is_dir():
+            raise HfftError(f"{item!r} is a folder, but this model classifies text: give texts, or .txt/.csv/"
+                            ".jsonl files of texts.")
         if path is not None and path.is_file() and path.suffix.lower() in TEXT_FILE_SUFFIXES:
             texts += _read_texts(path, column)
         else:
@@ -63,7 +77,7 @@ def _expand_texts(inputs, column: str | None) -> list[str]:
     return texts
 
 
-def _read_texts(path: Path, column: str | None) -> list[str]:
+def _read_texts(path: Path, column: str | None, what: str = "text") -> list[str]:
     if path.suffix.lower() == ".txt":
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix.lower() == ".jsonl":
@@ -72,9 +86,10 @@ def _read_texts(path: Path, column: str | None) -> list[str]:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     names = list(rows[0]) if rows else []
-    chosen = column or ("text" if "text" in names else None)
+    usual = ("text",) if what == "text" else ("image", "path", "file", "filename")
+    chosen = column or next((c for c in usual if c in names), None)
     if chosen not in names:
-        raise HfftError(f"{str(path)!r}: pass column= (--column) naming the text column; columns: {names}.")
+        raise HfftError(f"{str(path)!r}: pass column= (--column) naming the column of {what}; columns: {names}.")
     return [str(row[chosen] or "") for row in rows]
 
 
@@ -86,8 +101,16 @@ def predict(run, inputs, *, top_k: int = 1, batch_size: int = 32, column: str | 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     task = run_task(run)
-    items = _expand_images(inputs) if task == "image-classification" else _expand_texts(inputs, column)
-    classify = pipeline(task, model=str(run), device=device)
+    items = _expand_images(inputs, column) if task == "image-classification" else _expand_texts(inputs, column)
+    if is_adapter_folder(run):  # base model + adapter, merged in memory for speed
+        from .tasks import get_task
+
+        spec = get_task(task)
+        processor = spec.load_processor(str(run))
+        kind = "image_processor" if task == "image-classification" else "tokenizer"
+        classify = pipeline(task, model=load_model(run, spec, merge=True), device=device, **{kind: processor})
+    else:
+        classify = pipeline(task, model=str(run), device=device)
     # The text pipeline does not truncate by default; the saved tokenizer's model_max_length is the training length.
     extra = {"truncation": True} if task == "text-classification" else {}
     outputs = classify(items, top_k=top_k, batch_size=batch_size, **extra)
@@ -96,6 +119,14 @@ def predict(run, inputs, *, top_k: int = 1, batch_size: int = 32, column: str | 
         out = out if isinstance(out, list) else [out]
         results.append({"input": item, "labels": [o["label"] for o in out], "scores": [float(o["score"]) for o in out]})
     return results
+
+
+def load_model(run, task, *, merge: bool = False):
+    """The run's model in eval mode: the saved model, or for a LoRA run its base model with the adapter loaded
+    (merged into it with merge=True)."""
+    if is_adapter_folder(run):
+        return load_adapter_model(run, task, merge=merge)
+    return task.auto_model_class().from_pretrained(str(run)).eval()
 
 
 def write_predictions(results: list[dict], path) -> None:
@@ -134,7 +165,7 @@ def evaluate_run(run, data=None, *, split: str | None = None, batch_size: int = 
                          max_eval_samples=d.get("max_eval_samples"))
     task = get_task(splits.task)
     processor = task.load_processor(str(run), max_length=d.get("max_length"))
-    model = task.auto_model_class().from_pretrained(str(run)).eval()
+    model = load_model(run, task)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if splits.labels != names:
         unknown = sorted(set(splits.labels) - set(names))

@@ -6,6 +6,10 @@
     <run>/metrics.json                       final evaluation: accuracy, macro F1, loss, per class, confusion matrix
     <run>/log.jsonl                          per-step learning rate of every layer group, losses, phase
     <run>/checkpoints/checkpoint-N/          Trainer checkpoints (resume from the newest complete one)
+    <run>/README.md                          the model card (hfft.card)
+
+A LoRA run holds adapter_config.json + adapter_model.safetensors instead of model.safetensors (config.json stays:
+the base model is rebuilt with it), and with lora.merge a plain merged model in <run>/merged/.
 """
 
 from __future__ import annotations
@@ -79,6 +83,10 @@ def save_model(trainer, run: Path) -> None:
     if not trainer.is_world_process_zero():
         return
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the hfft.yaml beside it says it all
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "peft_config"):  # a LoRA adapter: add the config (labels, pad token) the base is rebuilt with
+        model.get_base_model().config.save_pretrained(staging)
+        (staging / "README.md").unlink(missing_ok=True)  # peft's template; hfft writes the run's own card
     for path in sorted(staging.iterdir()):
         os.replace(path, Path(run) / path.name)
     staging.rmdir()

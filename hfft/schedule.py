@@ -97,14 +97,15 @@ class FineTunePlan:
 
 class FineTuneScheduler(torch.optim.lr_scheduler.LRScheduler):
     """Sets every param group's lr (and Adam's beta1) from the plan at the current optimizer step.
-    Each optimizer param group carries its layer-group index as "layer_group"."""
+    Each optimizer param group carries its layer-group index as "layer_group", and may carry an "lr_scale"."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, plan: FineTunePlan, last_epoch: int = -1):
         self.plan = plan
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
-        return [self.plan.lr(self.last_epoch, g["layer_group"]) for g in self.optimizer.param_groups]
+        return [self.plan.lr(self.last_epoch, g["layer_group"]) * g.get("lr_scale", 1.0)
+                for g in self.optimizer.param_groups]
 
     def step(self, epoch=None):
         super().step()

@@ -13,9 +13,10 @@ from .schedule import FineTunePlan, FineTuneScheduler
 
 class FineTuneTrainer(Trainer):
     def __init__(self, *args, groups: list[LayerGroup], norm_names: set[str], plan_kwargs: dict,
-                 total_epochs: int, on_plan=None, **kwargs):
+                 total_epochs: int, on_plan=None, lr_scales: dict[str, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.groups, self.norm_names = groups, norm_names
+        self.lr_scales = lr_scales  # parameter name -> learning-rate multiplier (LoRA+)
         self.plan_kwargs, self.total_epochs = plan_kwargs, total_epochs
         self.on_plan = on_plan  # called with the plan once the number of steps per epoch is known
         self.plan: FineTunePlan | None = None
@@ -24,7 +25,7 @@ class FineTuneTrainer(Trainer):
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.model if model is None else model, self.groups,
                                              self.args.weight_decay, self.norm_names,
-                                             fused=self.args.optim == "adamw_torch_fused")
+                                             fused=self.args.optim == "adamw_torch_fused", lr_scales=self.lr_scales)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

@@ -29,6 +29,10 @@ EMBEDDED_DATA: dict[str, str] = {
     "hfft:fashion-mnist": "Fashion-MNIST 28x28 grayscale, 10 classes: 4,000 train + 1,000 test (image folders)",
 }
 _DATA_FOLDERS = {"hfft:rotten-tomatoes": "rotten_tomatoes", "hfft:fashion-mnist": "fashion_mnist"}
+# What a published model card and adapter say about an embedded model: its Hub id (when the weights are the
+# Hub's) and its licence.
+PUBLIC_IDS: dict[str, str] = {"hfft:minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+LICENSES: dict[str, str] = {"hfft:minilm-l6": "apache-2.0", "hfft:efficientnet-lite0": "apache-2.0"}
 
 LITE0_CACHE_NAME = "efficientnet-lite0-v1"  # bump the suffix when the conversion's output changes
 _LITE0_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
