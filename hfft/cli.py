@@ -67,8 +67,11 @@ def cmd_train(args) -> int:
     from .api import run
     from .config import load_config
 
-    overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
-    result = run(load_config(args.config, overrides))
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.isfile(config):  # `hfft train train.epochs=1`
+        config, overrides = None, [config, *overrides]
+    overrides += ["train.resume=true"] if args.resume else []
+    result = run(load_config(config, overrides))
     print(json.dumps({k: result.metrics[k] for k in ("accuracy", "f1_macro", "loss")}), "->", result.output_dir)
     return 0
 

@@ -8,12 +8,15 @@ to ids 0..n-1, and returns splits with exactly two columns: the task's input ("i
 (a ClassLabel, i.e. int64 ids that carry their names).
 
 Everything here is a vectorised arrow/datasets operation: no Python loop over rows, and no image is decoded.
+The one exception is deliberate: every input file is opened once (`Task.unreadable_inputs`), so corrupt or
+truncated images are all named before training instead of crashing it an hour in.
 Which columns hold a modality's input is asked of the tasks registry (`hfft.tasks`), so a new modality needs no
 change here.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import re
@@ -38,6 +41,8 @@ FILE_SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation",
 TABLE_FORMATS = {".csv": ("csv", {}), ".tsv": ("csv", {"sep": "\t"}), ".json": ("json", {}),
                  ".jsonl": ("json", {}), ".parquet": ("parquet", {}), ".arrow": ("arrow", {})}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")  # written into folders by file browsers; never data
+SHOWN_BAD_FILES = 20  # an error lists this many unreadable files, then a count
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -54,13 +59,16 @@ class Splits:
 def load_splits(source, *, task: str | None = None, input_column: str | None = None,
                 label_column: str | None = None, train_split: str = "train", eval_split: str | None = None,
                 val_fraction: float = 0.1, seed: int = 42, max_train_samples: int | None = None,
-                max_eval_samples: int | None = None) -> Splits:
+                max_eval_samples: int | None = None, skip_bad_files: bool = False,
+                encoding: str | None = None) -> Splits:
     """Canonical train/eval splits of `source` (see the module docstring). With no eval split in the data (and
     eval_split None), a seeded, stratified-when-possible `val_fraction` of train is held out. Labels come from
-    the whole train split, before any hold-out or subsampling, so they are the same on every rebuild."""
+    the whole train split, before any hold-out or subsampling, so they are the same on every rebuild.
+    Unreadable input files are an error naming all of them, or with `skip_bad_files` are dropped with a warning.
+    `encoding`: of CSV/TSV files (default UTF-8)."""
     if not 0 < val_fraction < 1:
         raise HfftError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    splits, hint = load_source(source, train_split=train_split)
+    splits, hint = load_source(source, train_split=train_split, encoding=encoding)
     train_name, eval_name = _pick_splits(splits, train_split, eval_split)
     raw_train = splits[train_name]
     _require_rows(raw_train, train_name)
@@ -69,6 +77,9 @@ def load_splits(source, *, task: str | None = None, input_column: str | None = N
     the_task = find_task(raw_train, task, label_col, input_column)
     input_col = find_input_column(raw_train, the_task, input_column, label_col)
     raw_train = drop_incomplete(raw_train, input_col, label_col, train_name)
+    raw = drop_unreadable({train_name: raw_train, **({eval_name: splits[eval_name]} if eval_name else {})},
+                          the_task, input_col, skip=skip_bad_files)
+    raw_train = raw[train_name]
     labels, train_classes = label_names(raw_train, label_col)
     if len(train_classes) < 2:
         raise HfftError(f"Split {train_name!r} has a single class ({train_classes}) in label column {label_col!r}: "
@@ -80,7 +91,7 @@ def load_splits(source, *, task: str | None = None, input_column: str | None = N
         train, eval_ds = hold_out(train, val_fraction, seed, train_name)
         eval_name = f"{val_fraction:.0%} of {train_name} (seed {seed})"
     else:
-        eval_ds = _eval_split(splits[eval_name], eval_name, the_task, input_col, label_col, labels,
+        eval_ds = _eval_split(raw[eval_name], eval_name, the_task, input_col, label_col, labels,
                               seen=set(train_classes), train_name=train_name)
 
     train = subsample(train, max_train_samples, seed, "max_train_samples")
@@ -106,7 +117,8 @@ def _eval_split(raw, name, task, input_col, label_col, labels, *, seen, train_na
 # ---------------------------------------------------------------- loading
 
 
-def load_source(source, *, train_split: str = "train") -> tuple[datasets.DatasetDict, str]:
+def load_source(source, *, train_split: str = "train", encoding: str | None = None) \
+        -> tuple[datasets.DatasetDict, str]:
     """(DatasetDict, hint): the hint is added to 'no label column' errors (image folders need class folders)."""
     if isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
         raise HfftError("Streaming (iterable) datasets are not supported: load it without streaming=True.")
@@ -115,24 +127,24 @@ def load_source(source, *, train_split: str = "train") -> tuple[datasets.Dataset
     if isinstance(source, datasets.Dataset):
         return datasets.DatasetDict({train_split: source}), ""
     if isinstance(source, dict):
-        return _load_files({split: _as_list(files) for split, files in source.items()}), ""
+        return _load_files({split: _as_list(files) for split, files in source.items()}, encoding), ""
     if isinstance(source, (list, tuple)):
-        return _load_files(_files_by_split([Path(p) for p in source])), ""
+        return _load_files(_files_by_split([Path(p) for p in source]), encoding), ""
     if not isinstance(source, (str, os.PathLike)):
         raise HfftError(f"Cannot load data from a {type(source).__name__}. Pass a datasets.Dataset/DatasetDict, a "
                         "folder, a CSV/JSON/Parquet file (or a list of them), or a Hub dataset id.")
     path = Path(source).expanduser()
     if path.is_file():
-        return _load_files(_files_by_split([path])), ""
+        return _load_files(_files_by_split([path]), encoding), ""
     if path.is_dir():
-        return _load_folder(path, train_split)
+        return _load_folder(path, train_split, encoding)
     if not _HUB_ID.match(str(source)) or path.suffix.lower() in (*TABLE_FORMATS, *IMAGE_SUFFIXES):
         raise HfftError(f"Data path {str(source)!r} does not exist. Check the path (relative paths are read from "
                         f"{Path.cwd()}).")
     return _load_hub(str(source)), ""
 
 
-def _load_folder(path: Path, train_split: str) -> tuple[datasets.DatasetDict, str]:
+def _load_folder(path: Path, train_split: str, encoding: str | None) -> tuple[datasets.DatasetDict, str]:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():  # made by save_to_disk
         loaded = datasets.load_from_disk(str(path))
         return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({train_split: loaded})), ""
@@ -143,28 +155,35 @@ def _load_folder(path: Path, train_split: str) -> tuple[datasets.DatasetDict, st
         hint = " (an image folder needs one subfolder per class, e.g. cats/1.jpg, dogs/2.jpg)"
         if any(p.stem == "metadata" and p.suffix.lower() in TABLE_FORMATS for p in files):
             return datasets.load_dataset("imagefolder", data_dir=str(path)), hint  # labels in a metadata file
-        return _image_folder(path, images), hint
+        # Other files inside class folders are reported as unreadable (or skipped), not silently left out.
+        others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and p.name.lower() not in SYSTEM_FILES]
+        return _image_folder(path, images, others), hint
     tables = [p for p in files if p.suffix.lower() in TABLE_FORMATS]
     if tables:
-        return _load_files(_files_by_split(tables, root=path)), ""
+        return _load_files(_files_by_split(tables, root=path), encoding), ""
     found = f"it holds e.g. {files[0].relative_to(path)}" if files else "it is empty"
     raise HfftError(f"No images and no CSV/JSON/Parquet files in folder {str(path)!r} ({found}). Point the data "
                     "at a folder of class subfolders of images, or at labelled data files.")
 
 
-def _image_folder(root: Path, images: list[Path]) -> datasets.DatasetDict:
+def _image_folder(root: Path, images: list[Path], others: list[Path] = ()) -> datasets.DatasetDict:
     """What datasets' imagefolder reads (class = the image's folder; train/ val/ test/ folders above the class
     folders name splits; class names sorted), built straight from the file list: imagefolder's pattern matching
-    takes seconds on a few thousand files."""
+    takes seconds on a few thousand files. `others` (files without an image suffix) are kept where they sit in a
+    class folder, so that the check for unreadable files names them; elsewhere (a README beside the class
+    folders) they are ignored."""
     split_of = {word: split for split, words in FILE_SPLIT_WORDS.items() for word in words}
     rows: dict[str, tuple[list[str], list[str | None]]] = {}
-    for image in images:
-        parts = image.relative_to(root).parts
+    for file in sorted([*images, *others]):
+        parts = file.relative_to(root).parts
         split = split_of.get(parts[0].lower()) if len(parts) >= 3 else None  # split/class/image
         below = parts[1:] if split else parts
+        folder = below[-2] if len(below) >= 2 else None  # the image's own folder; none at the top
+        if folder is None and file.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
         paths, classes = rows.setdefault(split or "train", ([], []))
-        paths.append(str(image))
-        classes.append(below[-2] if len(below) >= 2 else None)  # the image's own folder; none at the top
+        paths.append(str(file))
+        classes.append(folder)
     names = sorted({c for _, classes in rows.values() for c in classes if c is not None})
     ids = {name: i for i, name in enumerate(names)}
     features = datasets.Features({"image": datasets.Image(), **({"label": datasets.ClassLabel(names=names)}
@@ -193,7 +212,7 @@ def _files_by_split(files: list[Path], root: Path | None = None) -> dict[str, li
     return groups
 
 
-def _load_files(groups: dict[str, list[str]]) -> datasets.DatasetDict:
+def _load_files(groups: dict[str, list[str]], encoding: str | None = None) -> datasets.DatasetDict:
     formats = {}
     for files in groups.values():
         for file in files:
@@ -209,15 +228,41 @@ def _load_files(groups: dict[str, list[str]]) -> datasets.DatasetDict:
         raise HfftError(f"Data files of different formats cannot be read together: {sorted(formats.values())}. "
                         "Convert them to one format.")
     (builder, options), = formats
+    options = dict(options)
     for split, files in groups.items():
         groups[split] = [f for f in files if _has_rows(Path(f))]
         if not groups[split]:
             raise HfftError(f"Split {split!r} is empty: {files} hold no rows. Fill or remove the file.")
+        if builder in ("csv", "json"):
+            for file in groups[split]:
+                _check_encoding(Path(file), encoding if builder == "csv" else None)
+    if builder == "csv" and encoding:
+        options["encoding"] = encoding
     try:
-        return datasets.load_dataset(builder, data_files=groups, **dict(options))
+        return datasets.load_dataset(builder, data_files=groups, **options)
     except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid, ValueError) as err:
         raise HfftError(f"Could not read {sorted(f for fs in groups.values() for f in fs)} as {builder}: "
                         f"{err.__cause__ or err}") from err
+
+
+def _check_encoding(path: Path, encoding: str | None) -> None:
+    """Read the file once through the decoder: a file saved in another encoding (Excel on Windows writes cp1252)
+    is named with its line, instead of failing deep inside the CSV reader."""
+    decoder = codecs.getincrementaldecoder(encoding or "utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                line += chunk.count(b"\n", 0, err.start)
+                bad = chunk[err.start:err.end]
+                fix = ("Pass encoding= (data.encoding), e.g. 'cp1252' or 'latin-1' for files saved by Excel on "
+                       "Windows, or save the file as UTF-8." if path.suffix.lower() in (".csv", ".tsv")
+                       else "JSON files must be UTF-8: save the file as UTF-8.")
+                raise HfftError(f"Data file {str(path)!r} is not {encoding or 'UTF-8'} text: line {line} holds the "
+                                f"byte(s) {bad!r}. {fix}") from None
+            line += chunk.count(b"\n")
 
 
 def _has_rows(path: Path) -> bool:
@@ -272,6 +317,36 @@ def _pick_splits(splits: datasets.DatasetDict, train_split: str, eval_split: str
         raise HfftError(f"eval_split and train_split are both {train_split!r}: evaluating on the training data "
                         "says nothing. Leave eval_split empty to hold out part of train.")
     return train_split, eval_split
+
+
+def drop_unreadable(raw: dict[str, datasets.Dataset], task: Task, column: str, *, skip: bool) \
+        -> dict[str, datasets.Dataset]:
+    """`raw` splits without the rows whose input cannot be read. Every split is checked before anything is
+    raised, so one error lists all the bad files; with `skip`, they are dropped and a warning says how many."""
+    found = {split: task.unreadable_inputs(ds, column) for split, ds in raw.items() if column in ds.column_names}
+    named = sorted(f"{_input_name(raw[split], column, row, split)}: {why}"
+                   for split, problems in found.items() for row, why in problems.items())
+    if not named:
+        return raw
+    shown = "\n  ".join(named[:SHOWN_BAD_FILES]) + (f"\n  ... and {len(named) - SHOWN_BAD_FILES} more"
+                                                     if len(named) > SHOWN_BAD_FILES else "")
+    if not skip:
+        raise HfftError(f"{len(named)} input file(s) cannot be read:\n  {shown}\nFix or remove them, or pass "
+                        "skip_bad_files=True (data.skip_bad_files: true) to train without them.")
+    log.warning("data: skipping %d unreadable input file(s) (skip_bad_files):\n  %s", len(named), shown)
+    out = dict(raw)
+    for split, problems in found.items():
+        if problems:
+            out[split] = raw[split].select([i for i in range(len(raw[split])) if i not in problems])
+            _require_rows(out[split], split)
+    return out
+
+
+def _input_name(ds: datasets.Dataset, column: str, row: int, split: str) -> str:
+    """The file behind a row's input (its path), else the row's position."""
+    value = ds.with_format("arrow")[row:row + 1][column][0].as_py()
+    path = value.get("path") if isinstance(value, dict) else value
+    return str(path) if isinstance(path, str) and path else f"split {split!r} row {row}"
 
 
 def _require_rows(ds: datasets.Dataset, split: str) -> None:
@@ -399,16 +474,15 @@ def _check_seen(ds: datasets.Dataset, column: str, seen: set[str], split: str, t
 def drop_incomplete(ds: datasets.Dataset, input_col: str, label_col: str, split: str) -> datasets.Dataset:
     """`ds` without the rows that lack an input or a label (empty CSV cells, ClassLabel -1), with a warning."""
     feature = ds.features[label_col]
-    missing = _label_keys(_column(ds, label_col), feature, label_col).null_count + _column(ds, input_col).null_count
-    if not missing:
+    valid = pc.and_(pc.is_valid(_column(ds, input_col)),
+                    pc.is_valid(_label_keys(_column(ds, label_col), feature, label_col)))
+    dropped = pc.indices_nonzero(pc.invert(valid)).to_pylist()
+    if not dropped:
         return ds
-
-    def usable(table):
-        return pc.and_(pc.is_valid(table[input_col]), pc.is_valid(_label_keys(table[label_col], feature, label_col)))
-
-    kept = ds.with_format("arrow").filter(usable, batched=True, desc=f"Dropping incomplete rows ({split})")
-    kept = kept.with_format(None)
-    log.warning("data: dropped %d rows of split %r without an input or a label", len(ds) - len(kept), split)
+    kept = ds.select(pc.indices_nonzero(valid).to_pylist())
+    shown = ", ".join(map(str, dropped[:10])) + (", ..." if len(dropped) > 10 else "")
+    log.warning("data: dropped %d rows of split %r without an input or a label (rows %s, counting from 0)",
+                len(dropped), split, shown)
     _require_rows(kept, split)
     return kept
 

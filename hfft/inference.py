@@ -162,7 +162,8 @@ def evaluate_run(run, data=None, *, split: str | None = None, batch_size: int = 
                          input_column=d.get("input_column"), label_column=d.get("label_column"),
                          train_split=d.get("train_split", "train"), eval_split=split or d.get("eval_split"),
                          val_fraction=d.get("val_fraction", 0.1), seed=seed,
-                         max_eval_samples=d.get("max_eval_samples"))
+                         max_eval_samples=d.get("max_eval_samples"), skip_bad_files=d.get("skip_bad_files", False),
+                         encoding=d.get("encoding"))
     task = get_task(splits.task)
     processor = task.load_processor(str(run), max_length=d.get("max_length"))
     model = load_model(run, task)

@@ -7,7 +7,7 @@ head re-initialised. The body is loaded bit-identical to the checkpoint."""
 from __future__ import annotations
 
 import logging
-import os
+from pathlib import Path
 
 import torch
 import transformers
@@ -20,19 +20,63 @@ log = logging.getLogger("hfft")
 
 
 def load_config_for(name: str, *, revision=None, trust_remote_code=False):
+    """The checkpoint's config: the cheap first look at a model, so a wrong name fails before any other work."""
+    folder = Path(name)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise HfftError(f"Model folder {name!r} has no config.json, so it is not a transformers model folder. Pass "
+                        "the folder that holds config.json and the weights (what save_pretrained writes).")
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        where = "with HF_HUB_OFFLINE set, only local folders and cached models load" if offline else \
-            "check the id, your network, and for private models `hf auth login`"
-        raise HfftError(f"Model {name!r} could not be found: {where}. Pass a local folder with config.json "
-                        f"and model weights, or an embedded model such as 'hfft:minilm-l6'.") from err
+        raise HfftError(f"Model {name!r} could not be loaded: {_why_not_found(name, err)}") from err
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise HfftError(f"Model {name!r} ships its own code; it only loads with model.trust_remote_code=true. "
                             "Turn that on only for a model you trust.") from err
+        if "does not recognize this architecture" in str(err):
+            raise HfftError(f"Model {name!r} is of a type this transformers {transformers.__version__} does not "
+                            "know. Upgrade transformers, or choose another model.") from err
         raise
+
+
+def _why_not_found(name: str, err: OSError) -> str:
+    """Which of the ways a model id fails this is: a missing folder, the Hub unreachable, no such repository."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    causes = []
+    while err is not None:
+        causes.append(err)
+        err = err.__cause__ or err.__context__
+    kinds = tuple(type(c) for c in causes)
+    local = "Pass a local folder with config.json and weights, or an embedded model such as 'hfft:minilm-l6'."
+    if any(issubclass(k, HFValidationError) for k in kinds) or name.startswith((".", "/", "~")):
+        return f"there is no such folder (relative paths are read from {Path.cwd()}), and it is no Hub id. {local}"
+    if any(issubclass(k, GatedRepoError) for k in kinds):
+        return "it is a gated repository: accept its terms on the Hub, then log in (`hf auth login` or HF_TOKEN)."
+    if any(issubclass(k, RevisionNotFoundError) for k in kinds):
+        return "the Hub repository has no such revision (model.revision): check the branch, tag or commit."
+    if any(issubclass(k, RepositoryNotFoundError) for k in kinds):
+        return ("no such model on the Hub (or it is private: log in with `hf auth login`). Check the id. " + local)
+    if constants.HF_HUB_OFFLINE:
+        return ("it is not a local folder and not in the Hub cache, and HF_HUB_OFFLINE is set, so the Hub was not "
+                f"asked. {local} Or unset HF_HUB_OFFLINE to download it.")
+    if any(issubclass(k, LocalEntryNotFoundError) for k in kinds):
+        return (f"the Hub ({constants.ENDPOINT}) could not be reached and the model is not in the cache. Check your "
+                f"network. {local} Set HF_HUB_OFFLINE=1 to use only local and cached models without waiting for "
+                "the network.")
+    return (f"{causes[0]}. {local} Without a network, set HF_HUB_OFFLINE=1 so that missing models fail at once "
+            "instead of after a long wait.")
+
+
+def check_head(task, config, name: str, trust_remote_code: bool = False) -> None:
+    """The model type must have a classification head for the task in transformers (remote code brings its own)."""
+    model_cls = task.auto_model_class()
+    if type(config) not in model_cls._model_mapping and not trust_remote_code:
+        raise HfftError(f"Model {name!r} is of type {config.model_type!r}, which has no {task.name} head in "
+                        f"transformers ({model_cls.__name__}). Choose a model made for {task.name}, or check "
+                        "data.task.")
 
 
 def _new_param_names(info: dict) -> set[str]:
@@ -45,10 +89,8 @@ def load_classifier(task, name: str, labels: list[str], *, revision=None, trust_
                     allow_pickle=False, pad_token_id=None):
     """(model, new_param_names) with len(labels) outputs and id2label/label2id written into the config."""
     ckpt_config = load_config_for(name, revision=revision, trust_remote_code=trust_remote_code)
+    check_head(task, ckpt_config, name, trust_remote_code)
     model_cls = task.auto_model_class()
-    if type(ckpt_config) not in model_cls._model_mapping and not trust_remote_code:
-        raise HfftError(f"Model type {ckpt_config.model_type!r} has no {task.name} head in transformers "
-                        f"({model_cls.__name__}). Choose a model made for {task.name}.")
     id2label = dict(enumerate(labels))
     kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
               "ignore_mismatched_sizes": True, "output_loading_info": True, "revision": revision,

@@ -14,6 +14,7 @@ the base model is rebuilt with it), and with lora.merge a plain merged model in 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,7 +32,11 @@ METRICS_NAME = "metrics.json"
 LOG_NAME = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 # A checkpoint is complete only when the Trainer has written all of these; trainer_state.json comes last.
+# The Trainer writes them in place, not atomically: a run killed while saving leaves a folder without them, or
+# with a truncated trainer_state.json, and such a folder is never resumed from.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def complete_checkpoints(run: Path) -> list[Path]:
@@ -40,9 +45,18 @@ def complete_checkpoints(run: Path) -> list[Path]:
     found = []
     for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
         match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and all((path / name).is_file() for name in CHECKPOINT_FILES):
+        if match and all((path / name).is_file() for name in CHECKPOINT_FILES) and _readable_state(path) \
+                and any((path / name).is_file() for name in WEIGHT_FILES):
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
+
+
+def _readable_state(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def prepare(run, *, overwrite: bool, resume: bool) -> Path | None:
@@ -65,11 +79,19 @@ def prepare(run, *, overwrite: bool, resume: bool) -> Path | None:
                         f"(train.overwrite=true) to replace it, resume=True to continue it, or choose another "
                         f"output_dir.")
     if existing:
-        log.warning("overwrite: replacing the run in %s (removing its checkpoints and log)", run)
-        shutil.rmtree(run / CHECKPOINTS, ignore_errors=True)
-        (run / LOG_NAME).unlink(missing_ok=True)
+        log.warning("overwrite: the run in %s will be replaced once training starts", run)
     run.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def clear_previous(run: Path) -> None:
+    """overwrite=True: the old run's checkpoints and log go when the new training starts, not before, so a run
+    that fails while loading its data or model leaves the old one whole. Its other files are replaced as the new
+    run writes them."""
+    if (run / CHECKPOINTS).exists() or (run / LOG_NAME).exists():
+        log.warning("overwrite: removing the previous run's checkpoints and log in %s", run)
+    shutil.rmtree(run / CHECKPOINTS, ignore_errors=True)
+    (run / LOG_NAME).unlink(missing_ok=True)
 
 
 def save_model(trainer, run: Path) -> None:
@@ -79,7 +101,16 @@ def save_model(trainer, run: Path) -> None:
     staging = Path(run) / ".saving"
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    try:
+        trainer.save_model(str(staging))
+    except BaseException as err:  # a full disk, an interrupt: the previous files stay, the half-written copy goes
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise HfftError(f"The disk is full ({err}) while saving the model to {run}; the files already there "
+                            "are untouched. Free space, then run again with resume=True: it starts from the newest "
+                            "checkpoint.") from err
+        raise
     if not trainer.is_world_process_zero():
         return
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the hfft.yaml beside it says it all

@@ -44,6 +44,12 @@ class Task:
     def check_input(self, ds, column: str) -> None:
         """Raise HfftError when `column` cannot serve as this task's input (wrong type, broken paths)."""
 
+    def unreadable_inputs(self, ds, column: str) -> dict[int, str]:
+        """{row: why} for the rows whose input cannot be read (corrupt or truncated files, missing paths). Run
+        once over every row before training, so every bad file is reported at once instead of crashing an epoch
+        later; cheap enough for that (no full decode where a format allows a cheaper check)."""
+        return {}
+
     # ---- the model side (used by the trainer and inference) ----
     def auto_model_class(self):
         raise NotImplementedError

@@ -9,12 +9,14 @@ what `transformers.pipeline` does with the saved processor at inference.
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import HfftError
 from . import Task, register_task
@@ -22,6 +24,7 @@ from . import Task, register_task
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CROP_SCALE = (0.35, 1.0)        # fraction of the image area a training crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)     # aspect ratios of training crops (before they are resized to the model's size)
+REDUCING_GAP = 3                # images over 3x the model's size are first shrunk by an integer factor (see shrink)
 
 # transformers >= 5 chooses between torchvision and PIL processors; `backend="pil"` picks PIL explicitly and
 # silences the "torchvision not installed" warning. Older versions have PIL processors only.
@@ -42,6 +45,46 @@ def to_rgb(image: Image.Image) -> Image.Image:
             top = 65535.0 if pixels.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))  # mode "L"
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """A huge image (a 10,000 px scan for a 224 px model) box-reduced by an integer factor to at least
+    REDUCING_GAP x `side` on its short edge: PIL's own two-step resize (`reducing_gap`), whose result is
+    indistinguishable from a direct resize, while a direct one through the processor takes seconds and gigabytes.
+    Images already near the model's size are returned as they are."""
+    factor = min(image.size) // (REDUCING_GAP * side)
+    if factor < 2:
+        return image
+    reducible = {"1": "L", "P": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}  # reduce() lacks these
+    if image.mode in reducible:
+        image = image.convert(reducible[image.mode])
+    return image.reduce(factor)
+
+
+def image_problem(source) -> str | None:
+    """Why an image file (a path, or its encoded bytes) cannot be trained on, or None when it can. Opening reads
+    the header, so a file that is no image fails at once; PNG chunks are checked against their checksums without
+    decoding; JPEG is decoded at 1/8 scale, which still reads every byte, so a truncated file fails; other
+    formats are decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 90-180 MP: loads, and is shrunk
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                if image.format == "PNG":
+                    image.verify()
+                else:
+                    if image.format == "JPEG":
+                        image.draft(image.mode, (1, 1))
+                    image.load()
+    except FileNotFoundError:
+        return "file not found"
+    except UnidentifiedImageError:
+        return "not an image file"
+    except Image.DecompressionBombError as err:
+        return f"too large ({err}); resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+    except Exception as err:  # broken files raise what the decoder happens to hit: OSError, SyntaxError, ...
+        return f"unreadable ({type(err).__name__}: {err})"
+    return None
 
 
 def random_resized_crop(image: Image.Image, size: tuple[int, int], rng: np.random.Generator, *,
@@ -123,12 +166,12 @@ class ImageTransform:
         self.processor = processor
         self.train = train
         self.seed = seed
-        self.size = output_size(processor) if train else None
+        self.size = output_size(processor)
         resample = getattr(processor, "resample", None)
         self.resample = Image.Resampling(int(resample)) if resample is not None else Image.Resampling.BILINEAR
 
     def __call__(self, batch: dict) -> dict:
-        images = [to_rgb(image) for image in batch["image"]]
+        images = [to_rgb(shrink(image, max(self.size))) for image in batch["image"]]
         if self.train:
             draw = int(torch.randint(0, 2**31 - 1, ()).item())
             rng = np.random.default_rng([self.seed, draw])
@@ -189,6 +232,25 @@ class ImageClassification(Task):
         if first is None or not Path(first).is_file():
             raise HfftError(f"Column {column!r} should hold image file paths, but {first!r} is not a file (paths "
                             f"are read relative to {Path.cwd()}). Use absolute paths or run from their folder.")
+
+    def unreadable_inputs(self, ds, column: str) -> dict[int, str]:
+        """{row: why} over every image, read in chunks of rows (paths, or the bytes datasets stores; nothing is
+        decoded in full unless the format needs it)."""
+        import datasets
+
+        embedded = isinstance(ds.features[column], datasets.Image)
+        problems = {}
+        table = ds.select_columns([column]).with_format("arrow")
+        for start in range(0, len(ds), 1000):
+            values = table[start:start + 1000][column].to_pylist()  # {"bytes", "path"} structs, or path strings
+            rows = ((v["bytes"], v["path"]) if embedded and v else (None, v) for v in values)
+            for row, (data, path) in enumerate(rows, start):
+                if data is None and (path is None or "://" in path or "::" in path):
+                    continue  # no input (dropped elsewhere), or a remote file datasets fetches itself
+                problem = image_problem(data if data is not None else path)
+                if problem:
+                    problems[row] = problem
+        return problems
 
     def auto_model_class(self):
         from transformers import AutoModelForImageClassification

@@ -71,6 +71,9 @@ class TextClassification(Task):
                 raise HfftError(f"The tokenizer of {str(model_path)!r} has neither a pad nor an eos token, so "
                                 "batches cannot be padded. Add a pad token to the tokenizer and save it.")
             tokenizer.pad_token = tokenizer.eos_token
+        positions = _position_limit(model_path, trust_remote_code=trust_remote_code, **kwargs)
+        if positions and tokenizer.model_max_length > positions:
+            tokenizer.model_max_length = positions  # a tokenizer shared by a smaller model would overrun it
         if max_length:
             if max_length > tokenizer.model_max_length:
                 raise HfftError(f"max_length {max_length} exceeds what the model accepts "
@@ -95,3 +98,15 @@ class TextClassification(Task):
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(processor)
+
+
+def _position_limit(model_path: str, **kwargs) -> int | None:
+    """How many positions the model itself embeds (max_position_embeddings), when its config says."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, **kwargs)
+    except (OSError, ValueError):
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
