@@ -192,6 +192,19 @@ def set_bn_momentum(model, momentum: float) -> None:
         model.config.batch_norm_momentum = momentum
 
 
+def save_on_interrupt(trainer, out: Path) -> None:
+    """Ctrl-C: keep the steps done so far as a checkpoint and say how to continue. With several processes a
+    collective save could wait forever for a process that is already gone: the last complete checkpoint stays."""
+    step = trainer.state.global_step
+    if trainer.args.world_size == 1 and step > 0 and trainer.optimizer is not None:
+        trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+        where = f"checkpoint saved at step {step}"
+    else:
+        done = runfolder.complete_checkpoints(out)
+        where = f"the newest complete checkpoint is {done[-1].name}" if done else "no checkpoint yet"
+    log.warning("interrupted: %s. Continue with resume=True (hfft train ... --resume).", where)
+
+
 def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     cfg.validate()
     t, d = cfg.train, cfg.data
@@ -265,6 +278,9 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
         raise HfftError(f"The disk is full ({err}) while writing checkpoints to {out / runfolder.CHECKPOINTS}. "
                         "Complete checkpoints are kept: free space (or keep fewer, train.args.save_total_limit=1), "
                         "then continue with resume=True.") from err
+    except KeyboardInterrupt:
+        save_on_interrupt(trainer, out)
+        raise
     metrics.update(train_examples=len(splits.train), train_runtime=train_output.metrics.get("train_runtime"),
                    train_samples_per_second=train_output.metrics.get("train_samples_per_second"),
                    train_norm=train_norm, trainable_params=trained, total_params=total)
