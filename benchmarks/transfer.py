@@ -432,10 +432,16 @@ def plot(cells: dict) -> None:
                 continue
             xs = [n for n, _ in points]
             ys = [100 * mean(a) for _, a in points]
-            lo = [100 * (mean(a) - min(a)) for _, a in points]
-            hi = [100 * (max(a) - mean(a)) for _, a in points]
+            lo = [max(0.0, 100 * (mean(a) - min(a))) for _, a in points]
+            hi = [max(0.0, 100 * (max(a) - mean(a))) for _, a in points]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=LABELS[method])
         ax.set_xscale("log")
+        sizes = sorted({n for (t, _, n) in cells if t == task_name})
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
+        chance = {"text": 50.0, "image": 10.0}.get(task_name)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_xlabel("training examples (log scale)")
         ax.set_ylabel("test accuracy %")
         ax.set_title(task["title"])
