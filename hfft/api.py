@@ -192,6 +192,16 @@ def set_bn_momentum(model, momentum: float) -> None:
         model.config.batch_norm_momentum = momentum
 
 
+def freeze_by_lr(setting: str, trainer) -> bool:
+    """DeepSpeed flattens the trainable parameters into its buffers when the engine is built, and FSDP shards
+    them when it wraps: neither takes requires_grad changes mid-run, so there the frozen body gets a learning rate
+    of 0 instead (correct, but the frozen phase is then no cheaper). DDP is told about parameters without
+    gradients (find_unused_parameters), so it keeps the cheap path."""
+    if setting == "auto":
+        return bool(trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+    return setting == "lr"
+
+
 def save_on_interrupt(trainer, out: Path) -> None:
     """Ctrl-C: keep the steps done so far as a checkpoint and say how to continue. With several processes a
     collective save could wait forever for a process that is already gone: the last complete checkpoint stays."""
@@ -262,6 +272,12 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
         plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
                      "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div},
         lr_scales=adapters.loraplus_scales(groups, cfg.lora.loraplus_lr_ratio) if cfg.lora.enabled else None)
+    if freeze_by_lr(t.freeze_by, trainer):
+        if train_norm:
+            raise HfftError("train.train_norm is not available under DeepSpeed/FSDP, where the frozen body's "
+                            "learning rate is 0 (train.freeze_by 'lr'). Set train.train_norm=false.")
+        freeze.by_requires_grad = False
+        trainer.plan_kwargs["zero_body_lr"] = True
     transformers.logging.set_verbosity_warning()
     if t.overwrite:
         runfolder.clear_previous(out)  # only now: a run that failed before this point leaves the old one whole

@@ -33,13 +33,14 @@ class FreezeCallback(TrainerCallback):
         self.plan: FineTunePlan | None = None  # set by the trainer once it knows the steps per epoch
         self.keep_trainable = set(keep_trainable)
         self.frozen: bool | None = None
+        self.by_requires_grad = True  # False: the schedule's zero learning rate freezes the body instead
 
     def frozen_at(self, step: int) -> bool:
         return step < self.plan.frozen_steps
 
     def apply(self, step: int) -> None:
         frozen = self.frozen_at(step)
-        if frozen == self.frozen:
+        if frozen == self.frozen or not self.by_requires_grad:
             return
         params = dict(self.model.named_parameters())
         for name in self.body:

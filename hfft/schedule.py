@@ -64,10 +64,14 @@ class FineTunePlan:
 
     @classmethod
     def build(cls, *, n_groups: int, steps_per_epoch: int, epochs: int, freeze_epochs: int, base_lr: float,
-              lr_mult: float, pct_start: float = 0.3, div: float = 5.0) -> "FineTunePlan":
+              lr_mult: float, pct_start: float = 0.3, div: float = 5.0,
+              zero_body_lr: bool = False) -> "FineTunePlan":
+        """zero_body_lr: freeze the body by a learning rate of 0 in the frozen phase (for engines that cannot
+        take requires_grad changes mid-run) instead of fastai's base_lr/10, which only trainable norms see."""
         phases, step = [], 0
         if freeze_epochs > 0:
-            lrs = tuple([base_lr / 10] * (n_groups - 1) + [base_lr])
+            body_lr = 0.0 if zero_body_lr else base_lr / 10
+            lrs = tuple([body_lr] * (n_groups - 1) + [base_lr])
             n = freeze_epochs * steps_per_epoch
             phases.append(Phase("frozen", step, n, lrs, pct_start=0.99, div=25.0))
             step += n

@@ -59,6 +59,27 @@ def _fresh_head(folder, labels):
     return state_of(model)
 
 
+def test_freezing_by_zero_learning_rate(tmp_path, tiny_bert, text_csv):
+    """freeze_by='lr' (what DeepSpeed/FSDP get): gradients flow everywhere, yet the body does not move while frozen."""
+    snap = SnapshotAtSwitch()
+    grads = {}
+
+    class GradProbe(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.setdefault(state.global_step, sum(p.grad is not None for p in model.parameters()))
+
+    result = fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=1, epochs=1,
+                       freeze_by="lr", callbacks=[snap, GradProbe()], **FAST)
+    n_params = len(list(result.model.parameters()))
+    assert grads[0] == n_params  # nothing was switched off
+    original = checkpoint_tensors(tiny_bert)
+    for name, value in snap.at_switch.items():
+        if name.startswith("bert."):
+            assert torch.equal(value, original[name[len("bert."):]]), f"{name} changed while frozen"
+    final = state_of(result.model)
+    assert sum(not torch.equal(final[n], snap.at_switch[n]) for n in final) > 0.9 * n_params
+
+
 def test_frozen_phase_computes_no_body_gradients(tmp_path, tiny_bert, text_csv):
     seen = {}
 
