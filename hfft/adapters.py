@@ -362,7 +362,7 @@ def save_merged(run, task, dest=None) -> Path:
     for name in RUN_FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, staging / name)
-    write_card(staging)
+    write_card(staging, location=str(dest))
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(staging, dest)
     log.info("merged model -> %s", dest)

@@ -24,9 +24,11 @@ TEXT_EXAMPLE = "I loved every minute of it."
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def write_card(folder, repo_id: str | None = None) -> Path:
+def write_card(folder, repo_id: str | None = None, location: str | None = None) -> Path:
+    """README.md in `folder`. Its snippet loads `repo_id`, else `location` (where the folder will be), else the
+    folder itself."""
     path = Path(folder) / CARD_NAME
-    write_text_atomic(path, render(folder, repo_id))
+    write_text_atomic(path, render(folder, repo_id, location))
     return path
 
 
@@ -62,7 +64,7 @@ def _display(source) -> str:
 class _Run:
     """What the card needs from a folder."""
 
-    def __init__(self, folder: Path, repo_id: str | None):
+    def __init__(self, folder: Path, repo_id: str | None, location: str | None = None):
         self.folder = folder
         self.cfg = _read(folder, "hfft.yaml") or {}
         self.metrics = _read(folder, "metrics.json") or {}
@@ -71,8 +73,8 @@ class _Run:
         self.adapter = _read(folder, "adapter_config.json")
         lora = self.cfg.get("lora") or {}
         self.kind = "adapter" if self.adapter else "merged" if lora.get("enabled") else "full"
-        self.ref = repo_id or str(folder)
-        self.name = repo_id or folder.name
+        self.ref = repo_id or location or str(folder)
+        self.name = repo_id or Path(self.ref).name
         data = self.cfg.get("data") or {}
         self.task = data.get("task") or "text-classification"
         self.image = self.task == "image-classification"
@@ -155,7 +157,8 @@ def schedule(run: _Run) -> str:
         return "(no per-step log in this folder)"
     groups = [k[3:] for k in steps[0] if k.startswith("lr/")]
     phases = sorted({r["phase"] for r in steps})
-    header = ["layer group"] + [f"phase {p}: {'head only' if p == 1 else 'all groups'} ({sum(r['phase'] == p for r in steps)} steps)"
+    trains = {1: "head only", 2: "all groups"}
+    header = ["layer group"] + [f"phase {p}: {trains.get(p, '')} ({sum(r['phase'] == p for r in steps)} steps)"
                                 for p in phases]
     rows = []
     for g in groups:
@@ -224,8 +227,8 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def render(folder, repo_id: str | None = None) -> str:
-    run = _Run(Path(folder), repo_id)
+def render(folder, repo_id: str | None = None, location: str | None = None) -> str:
+    run = _Run(Path(folder), repo_id, location)
     modality = "images" if run.image else "texts"
     shown = ", ".join(run.labels[:10]) + (", ..." if len(run.labels) > 10 else "")
     base = f"[{run.base_hub}](https://huggingface.co/{run.base_hub})" if run.base_hub else f"`{run.base_ref}`"

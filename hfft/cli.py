@@ -1,4 +1,5 @@
-"""The `hfft` command: train, eval, predict, groups. A user error prints one line naming the fix, not a traceback."""
+"""The `hfft` command: train, eval, predict, groups, push. A user error prints one line naming the fix, not a
+traceback."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--lr-mult", type=float, default=None)
     gr.add_argument("--body-groups", type=int, default=None)
     gr.add_argument("--trust-remote-code", action="store_true")
+
+    pu = sub.add_parser("push", help="upload a run folder (model or adapter, card, metrics) to the Hugging Face Hub")
+    pu.add_argument("run")
+    pu.add_argument("repo_id", help="user/name or org/name (token: HF_TOKEN or `hf auth login`)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--merged", action="store_true", help="LoRA runs: upload the adapter merged into its base model")
     return parser
 
 
@@ -128,7 +135,14 @@ def cmd_groups(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "groups": cmd_groups}
+def cmd_push(args) -> int:
+    from .hub import push
+
+    print(push(args.run, args.repo_id, private=args.private, merged=args.merged))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "groups": cmd_groups, "push": cmd_push}
 
 if __name__ == "__main__":
     sys.exit(main())

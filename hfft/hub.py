@@ -93,7 +93,8 @@ def push(run, repo_id: str | None = None, *, private: bool = False, merged: bool
         api = HfApi(token=resolve_token(token))
     name = repo_id or Path(run).resolve().name
     try:
-        repo = api.create_repo(name, private=private, exist_ok=True, repo_type="model")
+        # private=None, not False: a repository that is not asked to be private follows its owner's default.
+        repo = api.create_repo(name, private=private or None, exist_ok=True, repo_type="model")
         full_id = getattr(repo, "repo_id", None) or name
         write_card(folder, full_id)  # the card's snippet names the repository
         files = files_to_upload(folder)

@@ -89,7 +89,9 @@ def _read_texts(path: Path, column: str | None, what: str = "text") -> list[str]
     usual = ("text",) if what == "text" else ("image", "path", "file", "filename")
     chosen = column or next((c for c in usual if c in names), None)
     if chosen not in names:
-        raise HfftError(f"{str(path)!r}: pass column= (--column) naming the column of {what}; columns: {names}.")
+        model = "this model classifies images, so " if what != "text" else ""
+        raise HfftError(f"{str(path)!r}: {model}pass column= (--column) naming the column of {what}; columns: "
+                        f"{names}.")
     return [str(row[chosen] or "") for row in rows]
 
 

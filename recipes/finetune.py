@@ -6,7 +6,8 @@
 1. config: the YAML file, then the command line's dotted overrides (train.epochs=2), validated before any work;
 2. hfft.run: run folder checked, data loaded (main process first), model loaded with a new head, split into
    layer groups, head trained with the body frozen, then everything with discriminative one-cycle learning rates;
-3. evaluation and the run folder (model, processor, hfft.yaml, metrics.json, log.jsonl, plots).
+3. evaluation and the run folder (model, processor, hfft.yaml, metrics.json, log.jsonl, plots, model card);
+4. with --push-to-hub REPO_ID (or hub.push_to_hub=true), the run folder uploaded to the Hugging Face Hub.
 """
 
 import argparse
@@ -23,12 +24,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config under recipes/configs/")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished run to the Hugging Face Hub")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     setup_logging()
 
     try:
-        config = load_config(args.config, args.overrides + (["train.resume=true"] if args.resume else []))
+        overrides = args.overrides + (["train.resume=true"] if args.resume else [])
+        overrides += ["hub.push_to_hub=true", f"hub.repo_id={args.push_to_hub}"] if args.push_to_hub else []
+        config = load_config(args.config, overrides)
         result = run(config)
     except HfftError as err:
         print(f"error: {err}", file=sys.stderr)
