@@ -238,11 +238,32 @@ def _load_files(groups: dict[str, list[str]], encoding: str | None = None) -> da
                 _check_encoding(Path(file), encoding if builder == "csv" else None)
     if builder == "csv" and encoding:
         options["encoding"] = encoding
-    try:
-        return datasets.load_dataset(builder, data_files=groups, **options)
-    except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid, ValueError) as err:
-        raise HfftError(f"Could not read {sorted(f for fs in groups.values() for f in fs)} as {builder}: "
-                        f"{err.__cause__ or err}") from err
+    # Split by split, as datasets infers column types per file: labels that are numbers in train.csv but words
+    # in test.csv must reach the label checks, not fail the reader.
+    out = _read_splits(builder, groups, options)
+    if builder == "csv":  # ... and read as written: "01" must not become 1 in one split and stay "01" in another
+        types = {}
+        for ds in out.values():
+            for column, feature in ds.features.items():
+                types.setdefault(column, set()).add(getattr(feature, "dtype", None))
+        first = next(iter(out.values()))
+        if any(len(kinds) > 1 for kinds in types.values()) and all(ds.column_names == first.column_names
+                                                                   for ds in out.values()):
+            as_text = datasets.Features({column: datasets.Value("string") if len(types[column]) > 1 else feature
+                                         for column, feature in first.features.items()})
+            out = _read_splits(builder, groups, {**options, "features": as_text})
+    return datasets.DatasetDict(out)
+
+
+def _read_splits(builder: str, groups: dict[str, list[str]], options: dict) -> dict[str, datasets.Dataset]:
+    out = {}
+    for split, files in groups.items():
+        try:
+            out[split] = datasets.load_dataset(builder, data_files={split: files}, split=split, **options)
+        except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid, ValueError) as err:
+            raise HfftError(f"Could not read {files} as {builder}: {err.__cause__ or err}. If the files of one "
+                            "split disagree on a column's type, make them agree.") from err
+    return out
 
 
 def _check_encoding(path: Path, encoding: str | None) -> None:
