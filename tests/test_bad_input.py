@@ -168,6 +168,7 @@ def test_unreadable_images_are_all_named_up_front_then_skipped_on_request(tmp_pa
     buffer.write_bytes(buffer.read_bytes()[:-300])                                   # truncated JPEG
     (root / "blue" / "page.jpg").write_text("<html>not found</html>")                # not an image at all
     (root / "blue" / "notes.txt").write_text("shot on a sunny day")                  # not an image file
+    Image.new("1", (14_000, 13_000)).save(root / "blue" / "bomb.png")               # over PIL's 179 MP limit
     for i in range(22):
         (root / "red" / f"zero_{i:02d}.png").write_bytes(b"")                       # empty files
     (root / "README.md").write_text("beside the class folders: ignored")
@@ -176,17 +177,17 @@ def test_unreadable_images_are_all_named_up_front_then_skipped_on_request(tmp_pa
     with pytest.raises(HfftError) as err:
         fine_tune(model=tiny_vit, data=str(root), output_dir=str(run), **QUICK)
     message = str(err.value)
-    assert message.startswith("26 input file(s) cannot be read")
+    assert message.startswith("27 input file(s) cannot be read")
     for name in ("cut.png: unreadable", "photo.jpg: unreadable", "page.jpg: not an image file",
-                 "notes.txt: not an image file", "zero_00.png"):
+                 "notes.txt: not an image file", "bomb.png: too large", "zero_00.png"):
         assert name in message, name
-    assert "... and 6 more" in message and "skip_bad_files=True" in message
+    assert "... and 7 more" in message and "skip_bad_files=True" in message
     assert not (run / "checkpoints").exists()
 
     caplog.set_level(logging.WARNING, logger="hfft")
     result = fine_tune(model=tiny_vit, data=str(root), output_dir=str(run), skip_bad_files=True, overwrite=True,
                        **QUICK)
-    assert "skipping 26 unreadable input file(s)" in caplog.text
+    assert "skipping 27 unreadable input file(s)" in caplog.text
     assert result.metrics["train_examples"] + result.metrics["eval_examples"] == 24
     assert yaml.safe_load((run / "hfft.yaml").read_text())["data"]["skip_bad_files"] is True
 
