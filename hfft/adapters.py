@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -243,7 +244,9 @@ def wrap(model: nn.Module, spec, new_param_names=(), *, task_name: str | None = 
     import peft
 
     config = lora_config(model, spec, new_param_names, task_name)
-    wrapped = peft.get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls transformers APIs that transformers 5 deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        wrapped = peft.get_peft_model(model, config)
     settings = wrapped.peft_config["default"]
     if base_model is not None:
         settings.base_model_name_or_path = base_model
@@ -338,7 +341,9 @@ def load_adapter_model(folder, task, *, merge: bool = False):
             from err
     finally:
         transformers.logging.set_verbosity(verbosity)
-    model = peft.PeftModel.from_pretrained(model, str(folder)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = peft.PeftModel.from_pretrained(model, str(folder)).eval()
     return model.merge_and_unload() if merge else model
 
 

@@ -26,7 +26,7 @@ from .card import write_card
 from .config import NUMBER, SECRET_ARGS, Config, field_names, from_dict
 from .data import load_splits
 from .errors import HfftError, suggest
-from .hub import push
+from .hub import push, resolve_token
 from .layers import LayerGroup, layer_groups, norm_param_names
 from .metrics import TrainerMetrics
 from .models import check_head, load_classifier, load_config_for
@@ -70,8 +70,9 @@ def build_config(config: Config | dict | None = None, **values) -> Config:
         if value is None and key in ("model", "data", "task", "output_dir"):
             continue
         key = {"model": "name", "data": "source"}.get(key, key)
-        if key == "lora":  # True, a dict of lora settings, or a peft.LoraConfig
-            nested["lora"] = adapters.lora_section(value)
+        if key == "lora":  # True, a dict of lora settings, or a peft.LoraConfig (None: as the config says)
+            if value is not None:
+                nested["lora"] = adapters.lora_section(value)
         elif key == "push_to_hub" and isinstance(value, str):  # push_to_hub="user/name"
             nested.setdefault("hub", {}).update(push_to_hub=True, repo_id=value)
         elif names.get(key) == "lora":
@@ -219,6 +220,8 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     cfg.validate()
     t, d = cfg.train, cfg.data
     out = Path(t.output_dir)
+    if cfg.hub.push_to_hub:  # no token: say so now, not after training
+        resolve_token(t.args.get("hub_token"))
     args = training_arguments(cfg, out)
     checkpoint = runfolder.prepare(out, overwrite=t.overwrite, resume=t.resume)
     set_seed(t.seed)

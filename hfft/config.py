@@ -161,6 +161,9 @@ class Config:
         self._validate_lora()
         if self.hub.push_merged and not self.lora.enabled:
             raise HfftError("hub.push_merged needs lora.enabled: without LoRA the run already is a plain model.")
+        if self.hub.repo_id is not None and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", self.hub.repo_id):
+            raise HfftError(f"hub.repo_id must be 'name' or 'user/name' (letters, digits, '-', '_', '.'), got "
+                            f"{self.hub.repo_id!r}.")
         return self
 
     def _validate_lora(self) -> None:

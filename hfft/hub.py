@@ -102,8 +102,9 @@ def push(run, repo_id: str | None = None, *, private: bool = False, merged: bool
         api.create_commit(repo_id=full_id, repo_type="model", operations=operations,
                           commit_message=commit_message or f"Upload {'merged model' if merged else 'run'} from hfft")
     except _hub_errors() as err:  # HTTP errors, offline mode, a refused token: one line naming the repository
-        raise HfftError(f"Pushing {str(folder)!r} to the Hub repository {name!r} failed: "
-                        f"{type(err).__name__}: {err}") from err
+        retry = f"hfft push {run} {name}" + (" --merged" if merged else "")
+        raise HfftError(f"Pushing {str(folder)!r} to the Hub repository {name!r} failed: {type(err).__name__}: "
+                        f"{err}\nThe run folder is complete; push it again with `{retry}`.") from err
     url = str(repo)
     log.info("pushed %d files to %s", len(files), url)
     return url

@@ -156,16 +156,26 @@ def test_push_merged_uploads_a_plain_model_made_on_demand(adapter_run, tmp_path)
     assert 'model="me/reviews-merged"' in (run / "merged" / "README.md").read_text()
 
 
-def test_push_refuses_what_it_cannot_do(image_run, tmp_path, monkeypatch, capsys):
+def test_push_refuses_what_it_cannot_do(image_run, tmp_path, monkeypatch, capsys, tiny_bert, text_csv):
     with pytest.raises(HfftError, match="not a LoRA run"):
         push(image_run, "a/b", merged=True, api=RecordingApi())
     with pytest.raises(HfftError, match="not an hfft run folder"):
         push(tmp_path, "a/b", api=RecordingApi())
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # the Hub cannot be reached
+    with pytest.raises(HfftError, match=f"(?s)OfflineModeIsEnabled.*push it again with `hfft push {image_run} a/b`") as err:
+        push(image_run, "a/b")
+    assert TOKEN not in str(err.value)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))  # where `hf auth login` would have written
     monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
     assert main(["push", str(image_run), "a/b"]) == 2
     assert "hf auth login" in capsys.readouterr().err
+    with pytest.raises(HfftError, match="hf auth login"):  # before any training
+        fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "never"), push_to_hub=True)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(HfftError, match="hub.repo_id must be"):
+        fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "never"), push_to_hub="my model")
 
 
 # ---- over HTTP, to a local endpoint that records what the Hub would receive ----
