@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import errno
 import logging
+import os
 import re
 import types
 import typing
@@ -135,6 +136,8 @@ def _fits(value, annotation) -> bool:
         return False
     if annotation is float:
         return isinstance(value, (int, float))
+    if annotation is str:
+        return isinstance(value, (str, os.PathLike))  # a path given as pathlib.Path
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return isinstance(value, (str, annotation))  # TrainingArguments names a wrong choice itself
     annotation = typing.get_origin(annotation) or annotation

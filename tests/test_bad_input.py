@@ -192,6 +192,7 @@ def test_unreadable_images_are_all_named_up_front_then_skipped_on_request(tmp_pa
     assert yaml.safe_load((run / "hfft.yaml").read_text())["data"]["skip_bad_files"] is True
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 100 MP, on purpose
 def test_odd_image_modes_exif_rotation_and_a_huge_image_train(tmp_path, tiny_vit):
     from transformers import AutoImageProcessor, pipeline
 
