@@ -82,7 +82,8 @@ class TrainConfig:
 class LoraConfig:
     """LoRA adapters (peft) instead of full fine-tuning; `fine_tune(lora=True | {...} | peft.LoraConfig)`."""
 
-    enabled: bool = _doc("Train LoRA adapters (plus the new head) instead of every weight.", False)
+    enabled: bool = _doc("Train LoRA adapters (plus the new head) instead of every weight. Adapters want larger "
+                         "learning rates than full fine-tuning: README measures base_lr 1e-2 with lr_mult 10.", False)
     r: int = _doc("Rank of the LoRA update matrices.", 8)
     alpha: float = _doc("LoRA scaling numerator (the update is scaled by alpha / r).", 16.0)
     dropout: float = _doc("Dropout on the LoRA branch's input.", 0.05)
