@@ -331,7 +331,7 @@ def load_config(path=None, overrides: list[str] = ()) -> Config:
         except yaml.YAMLError as err:
             raise HfftError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
         if not isinstance(values, dict):
-            raise HfftError(f"Config file {str(path)!r} must hold a mapping of sections (model, data, train).")
+            raise HfftError(f"Config file {str(path)!r} must hold a mapping of sections (model, data, train, lora, hub).")
     config = from_dict(values)
     for text in overrides:
         section, key, value = parse_override(text)
