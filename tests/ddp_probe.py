@@ -41,6 +41,16 @@ if __name__ == "__main__":
     model, data, out = sys.argv[1:4]
     record = {}
     hfft.api.load_splits = timed(hfft.api.load_splits, record)
+    from transformers import PreTrainedTokenizerBase
+
+    record["tokenizer_calls"] = 0
+    original_call = PreTrainedTokenizerBase.__call__
+
+    def counting_call(self, *args, **kwargs):  # tokenising during data preparation (the collator only pads)
+        record["tokenizer_calls"] += 1
+        return original_call(self, *args, **kwargs)
+
+    PreTrainedTokenizerBase.__call__ = counting_call
     snaps = Snapshots()
     result = fine_tune(model=model, data=data, output_dir=out, freeze_epochs=1, epochs=1, batch_size=8,
                        max_eval_samples=15, save_strategy="no", callbacks=[snaps])

@@ -63,3 +63,10 @@ def test_data_is_read_on_the_main_process_first(ranks):
     records, _ = ranks
     main, other = records
     assert main["data_end"] <= other["data_start"]
+
+
+def test_preprocessing_runs_once(ranks):
+    """The main process tokenises; the other finds the result in the datasets cache."""
+    records, _ = ranks
+    assert records[0]["tokenizer_calls"] > 0
+    assert records[1]["tokenizer_calls"] == 0
