@@ -7,13 +7,8 @@ train both phases, evaluate, save."""
 from __future__ import annotations
 
 import dataclasses
-import enum
 import errno
 import logging
-import os
-import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +19,7 @@ from transformers import TrainingArguments, set_seed
 from . import adapters, runfolder
 from .callbacks import FreezeCallback, GroupLRLog
 from .card import write_card
-from .config import NUMBER, SECRET_ARGS, Config, field_names, from_dict
+from .config import SECRET_ARGS, Config, field_names, from_dict
 from .data import load_splits
 from .errors import HfftError, suggest
 from .hub import push, resolve_token
@@ -34,18 +29,10 @@ from .models import check_head, load_classifier, load_config_for
 from .schedule import FineTunePlan
 from .tasks import get_task
 from .trainer import FineTuneTrainer
+from .training_args import MANAGED_ARGS, check_training_args
 from .zoo import resolve_data, resolve_model
 
 log = logging.getLogger("hfft")
-
-# TrainingArguments that hfft sets from its own config; passing them directly would be silently overridden.
-MANAGED_ARGS = {
-    "learning_rate": "base_lr", "num_train_epochs": "epochs / freeze_epochs", "max_steps": "epochs",
-    "lr_scheduler_type": "(the fine_tune schedule)", "warmup_steps": "pct_start", "warmup_ratio": "pct_start",
-    "weight_decay": "weight_decay", "per_device_train_batch_size": "batch_size", "seed": "seed",
-    "per_device_eval_batch_size": "eval_batch_size", "output_dir": "output_dir", "optim": "(AdamW)",
-}
-
 
 @dataclass
 class FineTuneResult:
@@ -100,52 +87,6 @@ def fine_tune(model: str | None = None, data=None, output_dir: str | None = None
     if in_memory is not None:
         cfg.data.source = "<in-memory dataset>"
     return run(cfg, dataset=in_memory, callbacks=callbacks)
-
-
-# TrainingArguments takes these without complaint and fails much later; their least sensible values.
-ARG_MINIMUM = {"gradient_accumulation_steps": 1, "eval_accumulation_steps": 1, "dataloader_num_workers": 0,
-               "max_grad_norm": 0, "save_total_limit": 1}
-
-
-def check_training_args(args: dict) -> None:
-    """train.args before any work: TrainingArguments fields only, none that hfft sets itself, each of its field's
-    type (TrainingArguments accepts gradient_accumulation_steps="two" and fails an hour later)."""
-    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
-    for key, value in args.items():
-        name = f"train.args.{key}"
-        if key in MANAGED_ARGS:
-            raise HfftError(f"{name} is set by hfft; use {MANAGED_ARGS[key]!r} instead.")
-        if key not in fields:
-            raise HfftError(f"Unknown training argument {name}.{suggest(key, fields)} train.args takes "
-                            "transformers.TrainingArguments fields.")
-        if fields[key] is float and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
-            args[key] = value = float(value)  # YAML 1.1 reads 1e-8 as text
-        if not _fits(value, fields[key]):
-            shown = "a value that is hidden here" if "token" in key else repr(value)
-            raise HfftError(f"{name} must be {_type_text(fields[key])}, got {shown}.")
-        if key in ARG_MINIMUM and value is not None and value < ARG_MINIMUM[key]:
-            raise HfftError(f"{name} must be >= {ARG_MINIMUM[key]} (got {value!r}).")
-
-
-def _fits(value, annotation) -> bool:
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return any(_fits(value, option) for option in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation in (int, float) and isinstance(value, bool):
-        return False
-    if annotation is float:
-        return isinstance(value, (int, float))
-    if annotation is str:
-        return isinstance(value, (str, os.PathLike))  # a path given as pathlib.Path
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return isinstance(value, (str, annotation))  # TrainingArguments names a wrong choice itself
-    annotation = typing.get_origin(annotation) or annotation
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
-
-
-def _type_text(annotation) -> str:
-    return re.sub(r"<class '(\w+)'>|[\w.]+\.(\w+)", lambda m: m.group(1) or m.group(2), str(annotation))
 
 
 def training_arguments(cfg: Config, run: Path) -> TrainingArguments:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import HfftError, suggest
+from .training_args import NUMBER
 
 
 def _doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
@@ -159,6 +161,10 @@ class Config:
             if key in HUB_ARGS:
                 raise HfftError(f"train.args.{key}: hfft pushes the finished run itself; use {HUB_ARGS[key]} "
                                 "instead (the Trainer's own pushes would upload checkpoints).")
+        if t.args:
+            from .training_args import check_training_args  # imports transformers: only when there are args
+
+            check_training_args(t.args)
         self._validate_lora()
         if self.hub.push_merged and not self.lora.enabled:
             raise HfftError("hub.push_merged needs lora.enabled: without LoRA the run already is a plain model.")
@@ -227,8 +233,6 @@ def field_names() -> dict[str, str]:
     return names
 
 
-NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
 
 def _coerce(value: Any, annotation, key: str):
     """Check (and gently convert) a value against the dataclass annotation; wrong types name the key."""
@@ -255,10 +259,13 @@ def _coerce(value: Any, annotation, key: str):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif text.startswith("float"):
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as text
-            return float(value)
+            number = float(value)
+        elif isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as text
+            number = float(value)
+        if number is not None and math.isfinite(number):  # no hfft setting means anything at NaN or infinity
+            return number
     elif text.startswith("str"):
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)

@@ -10,6 +10,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI replays the same examples every run, so a red build always names a reproducible case; explore with
+# HYPOTHESIS_PROFILE=explore (fresh random examples, many more of them) to hunt for new ones.
+settings.register_profile("ci", max_examples=80, derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=1000, derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from hfft import HfftError
-from hfft.config import Config, load_config
+from hfft.config import Config, from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
@@ -57,6 +57,26 @@ def test_wrong_types_name_the_key(override, key):
 def test_nonsense_hyperparameters_fail_before_any_work(override):
     with pytest.raises(HfftError, match=override.split("=")[0]):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "base_lr", float("inf")), ("train", "weight_decay", float("nan")), ("lora", "alpha", float("inf")),
+    ("args", "max_grad_norm", float("nan")), ("args", "bf16", float("nan")), ("args", "adam_epsilon", "nan"),
+])
+def test_nan_and_infinity_are_named_by_validate(section, key, value):
+    """NaN passes every comparison-based check by failing none of them (and breaks the saved config's
+    round trip), so non-finite numbers are refused at validation, train.args included."""
+    raw = {"train": {"args": {key: value}}} if section == "args" else {section: {key: value}}
+    with pytest.raises(HfftError, match=key):
+        from_dict(raw).validate()
+
+
+def test_training_args_are_checked_by_validate():
+    with pytest.raises(HfftError, match="train.args.gradient_accumulation_steps must be int"):
+        load_config(None, ["train.args.gradient_accumulation_steps=two"])
+    with pytest.raises(HfftError, match="train.args.learning_rate is set by hfft; use 'base_lr'"):
+        load_config(None, ["train.args.learning_rate=1e-3"])
+    assert load_config(None, ["train.args.adam_epsilon=1e-8"]).train.args == {"adam_epsilon": 1e-8}
 
 
 def test_yaml_is_never_executed(tmp_path):

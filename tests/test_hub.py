@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from hfft import HfftError, fine_tune
-from hfft.card import IMAGE_EXAMPLE, hub_id, render
+from hfft.card import IMAGE_EXAMPLE, hub_id
 from hfft.cli import main
 from hfft.hub import files_to_upload, push
 
