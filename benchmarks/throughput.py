@@ -2,7 +2,8 @@
 
 On the same model, data, batch size and preprocessing, training samples per second of
   (a) a plain transformers.Trainer full fine-tune (its defaults: AdamW, linear decay),
-  (b) hfft's unfrozen phase (fine_tune with freeze_epochs=0),
+  (b) hfft's unfrozen phase (fine_tune with freeze_epochs=0, with DDP's find_unused_parameters on as in a real
+      fine_tune, where the frozen phase before it needs it),
   (c) hfft's frozen phase (fine_tune with epochs=0),
 timed per optimizer step after a warm-up, so start-up and evaluation are left out. Prints b/a (target >= 0.97)
 and c/b (target >= 2.5 with default settings).
@@ -69,6 +70,10 @@ def plain_trainer(opts, workdir) -> float:
 
 def hfft_phase(opts, workdir, frozen: bool, **extra) -> float:
     timer = StepTimer()
+    if not frozen:
+        # freeze_epochs=0 alone leaves find_unused_parameters off; a real fine_tune's unfrozen phase runs with it on
+        # (DDP then searches the autograd graph every step), so (b) does too. Without DDP it changes nothing.
+        extra.setdefault("ddp_find_unused_parameters", True)
     fine_tune(model=opts.model, data=opts.data, output_dir=workdir, freeze_epochs=1 if frozen else 0,
               epochs=0 if frozen else 1, batch_size=opts.batch_size, max_train_samples=opts.samples, seed=0,
               image_size=opts.image_size, max_length=opts.max_length, eval_strategy="no", save_strategy="no",

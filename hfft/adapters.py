@@ -19,7 +19,6 @@ import dataclasses
 import enum
 import json
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -151,15 +150,35 @@ _PROVENANCE = {"peft_type", "base_model_name_or_path", "revision", "inference_mo
 
 
 def check_peft_args(args: dict) -> None:
+    """peft.LoraConfig fields only, none that the lora section sets, each of its field's type and plain data (what
+    hfft.yaml can hold; converted in place like train.args), and a combination peft itself accepts."""
+    import typing
+
     import peft
 
+    from .training_args import _fits, _type_text, plain
+
     fields = {f.name for f in dataclasses.fields(peft.LoraConfig)}
-    for key in args:
+    try:
+        types = typing.get_type_hints(peft.LoraConfig)
+    except Exception:  # an annotation this peft version cannot resolve: check names and plainness only
+        types = {}
+    for key, value in args.items():
+        name = f"lora.peft_args.{key}"
         if key in _MANAGED:
-            raise HfftError(f"lora.peft_args.{key}: use {_MANAGED[key]} instead.")
+            raise HfftError(f"{name}: use {_MANAGED[key]} instead.")
         if key not in fields or key in _PROVENANCE:
-            raise HfftError(f"lora.peft_args.{key} is not a peft.LoraConfig training argument."
+            raise HfftError(f"{name} is not a peft.LoraConfig training argument."
                             f"{suggest(key, fields - _PROVENANCE)}")
+        args[key] = value = plain(value, name)
+        if key in types and not _fits(value, types[key]):
+            raise HfftError(f"{name} must be {_type_text(types[key])}, got {value!r}.")
+    try:
+        with warnings.catch_warnings():  # peft warns about some valid combinations
+            warnings.simplefilter("ignore")
+            peft.LoraConfig(**args)  # its own checks (loftq_config without init_lora_weights='loftq', ...)
+    except (TypeError, ValueError) as err:
+        raise HfftError(f"lora.peft_args: peft.LoraConfig refuses {args}: {err}") from None
 
 
 def _plain(value):
@@ -292,7 +311,16 @@ def parameter_counts(model: nn.Module, groups: list[LayerGroup]) -> tuple[int, i
 
 
 def is_adapter_folder(folder) -> bool:
-    return (Path(folder) / ADAPTER_CONFIG).is_file()
+    """A folder holding a LoRA adapter: adapter_config.json, and where the folder is an hfft run, a config with
+    LoRA on (a full run that an older hfft wrote over a LoRA run left the adapter's files behind)."""
+    import yaml
+
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return False
+    path = folder / "hfft.yaml"
+    lora = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("lora") if path.is_file() else None
+    return not isinstance(lora, dict) or bool(lora.get("enabled"))
 
 
 def _run_model_settings(folder: Path) -> dict:
@@ -354,8 +382,10 @@ RUN_FILES = ("hfft.yaml", "metrics.json", "log.jsonl", "training.png", "confusio
 def save_merged(run, task, dest=None) -> Path:
     """The adapter merged into its base model, saved as a plain model folder (default <run>/merged) that
     transformers.pipeline() loads, with the processor, the run's config, metrics, plots and a model card.
-    Written beside its place and renamed in, so a crash never leaves half a folder under the final name."""
+    Written beside its place, then swapped in (runfolder.replace_folder): a crash leaves the old merged folder
+    or the new one, never half of one."""
     from .card import write_card
+    from .runfolder import replace_folder
 
     run = Path(run)
     dest = Path(dest) if dest is not None else run / MERGED_DIR
@@ -368,7 +398,6 @@ def save_merged(run, task, dest=None) -> Path:
         if (run / name).is_file():
             shutil.copy2(run / name, staging / name)
     write_card(staging, location=str(dest))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(staging, dest)
+    replace_folder(staging, dest)
     log.info("merged model -> %s", dest)
     return dest

@@ -6,20 +6,24 @@ train both phases, evaluate, save."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
+import os
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import adapters, runfolder
 from .callbacks import FreezeCallback, GroupLRLog
 from .card import write_card
-from .config import SECRET_ARGS, Config, field_names, from_dict
+from .config import SECRET_ARGS, Config, field_names, from_dict, read_config_file
 from .data import load_splits
 from .errors import HfftError, suggest
 from .hub import push, resolve_token
@@ -44,13 +48,19 @@ class FineTuneResult:
     plan: FineTunePlan
 
 
-def build_config(config: Config | dict | None = None, **values) -> Config:
-    """Flat keyword arguments onto the schema. Unknown keys go to TrainingArguments when they are one of its
+def build_config(config: Config | dict | str | Path | None = None, **values) -> Config:
+    """Flat keyword arguments onto the schema: on `config` (a Config, left unchanged; a {section: {key: value}}
+    dict; or the path of a YAML config file). Unknown keys go to TrainingArguments when they are one of its
     fields; anything else is an error naming the nearest valid key."""
     if isinstance(config, Config):
-        cfg = dataclasses.replace(config)
+        cfg = copy.deepcopy(config)  # the keywords below must not change the caller's config
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = from_dict(read_config_file(config))
+    elif config is None or isinstance(config, dict):
+        cfg = from_dict(config)
     else:
-        cfg = from_dict(config if isinstance(config, dict) else None)
+        raise HfftError(f"config= takes an hfft Config, a dict of sections ({{'train': {{'epochs': 3}}}}) or the "
+                        f"path of a YAML config file, not a value of type {type(config).__name__}.")
     names = field_names()
     training_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     nested: dict[str, dict] = {}
@@ -78,7 +88,7 @@ def build_config(config: Config | dict | None = None, **values) -> Config:
 
 
 def fine_tune(model: str | None = None, data=None, output_dir: str | None = None, task: str | None = None,
-              config: Config | dict | None = None, callbacks=(), **overrides) -> FineTuneResult:
+              config: Config | dict | str | Path | None = None, callbacks=(), **overrides) -> FineTuneResult:
     """Fine-tune `model` on `data` the fastai way; see README for every setting (`hfft.config` holds them all).
     `callbacks`: extra transformers.TrainerCallback objects."""
     in_memory = None if data is None or isinstance(data, (str, Path)) else data
@@ -149,11 +159,18 @@ def freeze_by_lr(setting: str, trainer) -> bool:
 
 def save_on_interrupt(trainer, out: Path) -> None:
     """Ctrl-C: keep the steps done so far as a checkpoint and say how to continue. With several processes a
-    collective save could wait forever for a process that is already gone: the last complete checkpoint stays."""
+    collective save could wait forever for a process that is already gone: the last complete checkpoint stays.
+    A complete checkpoint of this very step is kept as it is: the Trainer writes in place, so saving it again
+    and being killed midway would leave its old trainer_state.json beside a truncated optimizer.pt."""
     step = trainer.state.global_step
+    folder = Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
     if trainer.args.world_size == 1 and step > 0 and trainer.optimizer is not None:
-        trainer._save_checkpoint(trainer.model_wrapped, trial=None)
-        where = f"checkpoint saved at step {step}"
+        if folder.name in {done.name for done in runfolder.complete_checkpoints(out)}:
+            where = f"step {step} is already saved in {folder.name}"
+        else:
+            shutil.rmtree(folder, ignore_errors=True)  # a save of this step that was itself interrupted
+            trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+            where = f"checkpoint saved at step {step}"
     else:
         done = runfolder.complete_checkpoints(out)
         where = f"the newest complete checkpoint is {done[-1].name}" if done else "no checkpoint yet"
@@ -211,38 +228,39 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
     def on_plan(plan):
         freeze.plan = lr_log.plan = plan
 
-    trainer = FineTuneTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=task.collator(processor), processing_class=processor,
-        compute_metrics=metrics_fn, callbacks=[freeze, lr_log, *callbacks],
-        groups=groups, norm_names=norm_names, total_epochs=t.freeze_epochs + t.epochs, on_plan=on_plan,
-        plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
-                     "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div},
-        lr_scales=adapters.loraplus_scales(groups, cfg.lora.loraplus_lr_ratio) if cfg.lora.enabled else None)
-    if freeze_by_lr(t.freeze_by, trainer):
-        if train_norm:
-            raise HfftError("train.train_norm is not available under DeepSpeed/FSDP, where the frozen body's "
-                            "learning rate is 0 (train.freeze_by 'lr'). Set train.train_norm=false.")
-        freeze.by_requires_grad = False
-        trainer.plan_kwargs["zero_body_lr"] = True
+    trainer = None
     transformers.logging.set_verbosity_warning()
-    if t.overwrite:
-        runfolder.clear_previous(out)  # only now: a run that failed before this point leaves the old one whole
-    try:
+    try:  # building the Trainer moves the model to the GPU: out of memory can happen there already
+        trainer = FineTuneTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            data_collator=task.collator(processor), processing_class=processor,
+            compute_metrics=metrics_fn, callbacks=[freeze, lr_log, *callbacks],
+            groups=groups, norm_names=norm_names, total_epochs=t.freeze_epochs + t.epochs, on_plan=on_plan,
+            plan_kwargs={"epochs": t.epochs, "freeze_epochs": t.freeze_epochs, "base_lr": t.base_lr,
+                         "lr_mult": t.lr_mult, "pct_start": t.pct_start, "div": t.div},
+            lr_scales=adapters.loraplus_scales(groups, cfg.lora.loraplus_lr_ratio) if cfg.lora.enabled else None)
+        freeze.wrapped_model = lambda: trainer.model_wrapped  # checked before the body is frozen (hfft/trainer.py)
+        if freeze_by_lr(t.freeze_by, trainer):
+            if train_norm:
+                raise HfftError("train.train_norm is not available under DeepSpeed/FSDP, where the frozen body's "
+                                "learning rate is 0 (train.freeze_by 'lr'). Set train.train_norm=false.")
+            freeze.by_requires_grad = False
+            trainer.plan_kwargs["zero_body_lr"] = True
+        if t.overwrite:
+            runfolder.clear_previous(out)  # only now: a run that failed before this point leaves the old one whole
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         metrics = final_evaluation(trainer, eval_ds, metrics_fn)
     except RuntimeError as err:  # torch.OutOfMemoryError (CUDA), and MPS's plain RuntimeError
         if "out of memory" not in str(err).lower():
             raise
-        raise out_of_memory(cfg, out) from err
+        raise out_of_memory(cfg, out, placing_model=trainer is None) from err
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        raise HfftError(f"The disk is full ({err}) while writing checkpoints to {out / runfolder.CHECKPOINTS}. "
-                        "Complete checkpoints are kept: free space (or keep fewer, train.args.save_total_limit=1), "
-                        "then continue with resume=True.") from err
+        raise disk_full(err, out, f"writing checkpoints to {out / runfolder.CHECKPOINTS}") from err
     except KeyboardInterrupt:
-        save_on_interrupt(trainer, out)
+        if trainer is not None:
+            save_on_interrupt(trainer, out)
         raise
     metrics.update(train_examples=len(splits.train), train_runtime=train_output.metrics.get("train_runtime"),
                    train_samples_per_second=train_output.metrics.get("train_samples_per_second"),
@@ -250,12 +268,17 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
 
     runfolder.save_model(trainer, out)
     if trainer.is_world_process_zero():
-        cfg.save(out / runfolder.CONFIG_NAME)
-        runfolder.save_json(out / runfolder.METRICS_NAME, metrics)
-        _plot(out, metrics, splits.labels)
-        if cfg.lora.merge:
-            adapters.save_merged(out, task)
-        write_card(out, cfg.hub.repo_id)
+        try:
+            cfg.save(out / runfolder.CONFIG_NAME)
+            runfolder.save_json(out / runfolder.METRICS_NAME, metrics)
+            _plot(out, metrics, splits.labels)
+            if cfg.lora.merge:
+                adapters.save_merged(out, task)
+            write_card(out, cfg.hub.repo_id)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise disk_full(err, out, f"writing the final files to {out}") from err
         if cfg.hub.push_to_hub:
             push(out, cfg.hub.repo_id, private=cfg.hub.private, merged=cfg.hub.push_merged,
                  token=t.args.get("hub_token"))
@@ -265,8 +288,13 @@ def run(cfg: Config, dataset=None, callbacks=()) -> FineTuneResult:
                           plan=trainer.plan)
 
 
-def out_of_memory(cfg: Config, out: Path) -> HfftError:
+def out_of_memory(cfg: Config, out: Path, placing_model: bool = False) -> HfftError:
     t = cfg.train
+    if placing_model:  # the Trainer moves the model to the GPU when it is built, before any batch
+        return HfftError("Out of GPU memory while moving the model to the GPU, before training: its weights alone "
+                         "do not fit. Choose a smaller model, free the GPU of other processes, or shard the model "
+                         "over several GPUs (accelerate launch --config_file recipes/accelerate/fsdp.yaml or "
+                         "deepspeed_zero3.yaml).")
     steps = int(t.args.get("gradient_accumulation_steps", 1))
     half = max(1, t.batch_size // 2)
     lora = getattr(getattr(cfg, "lora", None), "enabled", False)
@@ -279,6 +307,17 @@ def out_of_memory(cfg: Config, out: Path) -> HfftError:
     kept = f" Checkpoints so far are kept in {saved[-1].parent}: continue with resume=True." if saved else ""
     return HfftError(f"Out of GPU memory while training with batch_size {t.batch_size}"
                      f"{f' x {steps} accumulation steps' if steps > 1 else ''}. Try " + "; ".join(ways) + "." + kept)
+
+
+def disk_full(err: OSError, out: Path, doing: str) -> HfftError:
+    """A full disk while training (checkpoints) or after it (the final files): what is safe, and how to continue."""
+    saved = runfolder.complete_checkpoints(out)
+    if saved:
+        then = (f"Complete checkpoints are intact (newest: {saved[-1].name}): free space (or keep fewer, "
+                "train.args.save_total_limit=1), then continue with resume=True.")
+    else:
+        then = "There is no complete checkpoint to continue from: free space, then run again with overwrite=True."
+    return HfftError(f"The disk is full ({err}) while {doing}. {then}")
 
 
 def final_evaluation(trainer, eval_ds, metrics_fn: TrainerMetrics) -> dict:

@@ -9,9 +9,11 @@ import json
 import logging
 import os
 
+import transformers
 from transformers import TrainerCallback
 
 from .layers import LayerGroup
+from .optim import reset_state, unwrapped_parameters
 from .schedule import FineTunePlan
 
 log = logging.getLogger("hfft")
@@ -22,7 +24,12 @@ class FreezeCallback(TrainerCallback):
 
     Freezing is `requires_grad=False`: autograd then computes no gradient for the body, and the backward pass
     stops at the first trainable layer, so a frozen step really is cheaper. Norm-layer weights listed in
-    `keep_trainable` (fastai's train_bn) stay trainable while frozen."""
+    `keep_trainable` (fastai's train_bn) stay trainable while frozen.
+
+    With `by_requires_grad=False` (DeepSpeed/FSDP) the schedule's zero learning rate freezes the body instead;
+    its gradients still reach AdamW, whose moments and step count would then start the unfrozen phase warm.
+    At the first unfrozen step this callback forgets the body's optimizer state, so the body starts fresh as
+    with requires_grad (and fastai) -- where the optimizer keeps state per parameter (not DeepSpeed's ZeRO)."""
 
     def __init__(self, model, groups: list[LayerGroup], keep_trainable: set[str] = frozenset()):
         # Parameters are looked up by name when the phase changes: resuming from an adapter checkpoint may
@@ -34,26 +41,62 @@ class FreezeCallback(TrainerCallback):
         self.keep_trainable = set(keep_trainable)
         self.frozen: bool | None = None
         self.by_requires_grad = True  # False: the schedule's zero learning rate freezes the body instead
+        # The model as the Trainer trains it (trainer.model_wrapped), to check that it was wrapped for distributed
+        # training before the body is frozen (see hfft/trainer.py). None: not checked.
+        self.wrapped_model = None
 
     def frozen_at(self, step: int) -> bool:
         return step < self.plan.frozen_steps
 
-    def apply(self, step: int) -> None:
-        frozen = self.frozen_at(step)
-        if frozen == self.frozen or not self.by_requires_grad:
+    def _body_params(self) -> list:
+        params = unwrapped_parameters(self.model)
+        return [params[name] for name in self.body]
+
+    def _check_wrapped(self, args) -> None:
+        """DDP registers the parameters it all-reduces when it wraps the model: a body frozen before that would
+        never be synced after unfreezing. transformers wraps before on_train_begin; fail loudly if it stops."""
+        if args is None or args.world_size <= 1 or self.wrapped_model is None:
             return
-        params = dict(self.model.named_parameters())
+        if self.wrapped_model() is self.model:
+            raise RuntimeError(
+                f"hfft: the body is about to be frozen before the Trainer wrapped the model for its {args.world_size} "
+                f"processes (transformers {transformers.__version__} changed the order hfft relies on). DDP would "
+                "then never all-reduce the body's gradients after unfreezing. Use train.freeze_by=lr, or a "
+                "transformers version that wraps the model before on_train_begin.")
+
+    def apply(self, step: int, args=None, optimizer=None) -> None:
+        frozen = self.frozen_at(step)
+        if not self.by_requires_grad:
+            if step == self.plan.frozen_steps > 0 and optimizer is not None:
+                self._reset_body_state(optimizer, step)
+            self.frozen = frozen
+            return
+        if frozen == self.frozen:
+            return
+        if frozen:
+            self._check_wrapped(args)
+        params = unwrapped_parameters(self.model)
         for name in self.body:
             params[name].requires_grad_(not frozen or name in self.keep_trainable)
         if self.frozen is not None or frozen:
             log.info("step %d: body %s", step, "frozen (training the head)" if frozen else "unfrozen")
         self.frozen = frozen
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.apply(state.global_step)
+    def _reset_body_state(self, optimizer, step: int) -> None:
+        # At every run's first unfrozen step, resumed or not: a checkpoint saved at the boundary holds the warm state.
+        if reset_state(optimizer, self._body_params()):
+            log.info("step %d: body unfrozen (learning rate no longer 0, optimizer state reset)", step)
+        else:
+            log.warning("step %d: body unfrozen; this optimizer keeps no per-parameter state hfft can reset, so "
+                        "the body's Adam moments from the frozen phase (learning rate 0) carry over.", step)
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.apply(state.global_step)
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The first freeze. The Trainer has wrapped the model (DDP) by now, with every parameter trainable, so DDP
+        # syncs the body's gradients once it unfreezes; _check_wrapped fails loudly if that order ever changes.
+        self.apply(state.global_step, args)
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.apply(state.global_step, args, optimizer)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.apply(self.plan.total_steps)  # leave the model as users expect it: every group trainable

@@ -21,7 +21,12 @@ from .config import write_text_atomic
 CARD_NAME = "README.md"
 IMAGE_EXAMPLE = "path/to/image.jpg"  # the image the card's snippet classifies: replace with yours
 TEXT_EXAMPLE = "I loved every minute of it."
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A Hub repository id: name or owner/name, each part letters, digits, '-', '_', '.', not starting with a symbol.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# What a local data or model file ends in; no Hub id names a repository so.
+FILE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".txt", ".xlsx", ".xls", ".zip", ".gz",
+                 ".tar", ".tgz", ".xz", ".bz2", ".zst", ".pkl", ".npy", ".npz", ".h5", ".yaml", ".yml",
+                 ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".png", ".jpg", ".jpeg"}
 
 
 def write_card(folder, repo_id: str | None = None, location: str | None = None) -> Path:
@@ -45,14 +50,19 @@ def _read(folder: Path, name: str):
 
 
 def hub_id(name) -> str | None:
-    """`name` when it reads as a Hub id and is not a local path; embedded hfft models map to their Hub id."""
+    """`name` when it has the shape of a Hub id (name or owner/name, no file extension) and is no path here (not
+    absolute, ./ or ../, nor existing); embedded hfft models map to their Hub id. Local data or models: None, so
+    the card names no Hub dataset or base model for them."""
     from .zoo import PUBLIC_IDS
 
     if not isinstance(name, str):
         return None
     if name.startswith("hfft:"):
         return PUBLIC_IDS.get(name)
-    return name if _HUB_ID.match(name) and not Path(name).exists() else None
+    shaped = _HUB_ID.fullmatch(name) and ".." not in name and "--" not in name and not name.endswith((".", "-"))
+    if not shaped or Path(name).suffix.lower() in FILE_SUFFIXES or Path(name).exists():
+        return None
+    return name
 
 
 def _display(source) -> str:
@@ -70,7 +80,9 @@ class _Run:
         self.metrics = _read(folder, "metrics.json") or {}
         self.log = _read(folder, "log.jsonl") or []
         self.config = _read(folder, "config.json") or {}
-        self.adapter = _read(folder, "adapter_config.json")
+        from .adapters import is_adapter_folder
+
+        self.adapter = _read(folder, "adapter_config.json") if is_adapter_folder(folder) else None
         lora = self.cfg.get("lora") or {}
         self.kind = "adapter" if self.adapter else "merged" if lora.get("enabled") else "full"
         self.ref = repo_id or location or str(folder)
@@ -86,6 +98,8 @@ class _Run:
         self.base_ref = (self.adapter or {}).get("base_model_name_or_path") or self.base_hub or model_name
         self.dataset = _display(data.get("source", "")) or "custom data"
         self.dataset_hub = hub_id(data.get("source"))
+        train = self.cfg.get("train") or {}
+        self.train_norm = bool(train.get("train_norm", self.metrics.get("train_norm")))
 
 
 def metadata(run: _Run) -> str:
@@ -151,13 +165,15 @@ def labels_table(run: _Run) -> str:
 
 
 def schedule(run: _Run) -> str:
-    """Peak learning rate of every layer group in each phase, read from the run's own per-step log."""
+    """Peak learning rate of every layer group in each phase, read from the run's own per-step log. In phase 1 the
+    body groups are frozen (the log still shows the rate their trainable norms would get), unless train_norm
+    trained their norm layers."""
     steps = [r for r in run.log if "phase" in r]
     if not steps:
         return "(no per-step log in this folder)"
     groups = [k[3:] for k in steps[0] if k.startswith("lr/")]
     phases = sorted({r["phase"] for r in steps})
-    trains = {1: "head only", 2: "all groups"}
+    trains = {1: "head + body norm layers" if run.train_norm else "head only", 2: "all groups"}
     header = ["layer group"] + [f"phase {p}: {trains.get(p, '')} ({sum(r['phase'] == p for r in steps)} steps)"
                                 for p in phases]
     rows = []
@@ -165,23 +181,48 @@ def schedule(run: _Run) -> str:
         row = [g]
         for p in phases:
             peak = max((r.get(f"lr/{g}", 0.0) for r in steps if r["phase"] == p), default=0.0)
-            row.append("frozen" if p == 1 and g != groups[-1] else f"{peak:.2e}")
+            body_in_phase_1 = p == 1 and g != groups[-1]
+            if body_in_phase_1 and (not run.train_norm or peak == 0.0):
+                row.append("frozen")
+            else:
+                row.append(f"{peak:.2e}" + (" (norm layers only)" if body_in_phase_1 else ""))
         rows.append(row)
-    return _table(header, rows)
+    return _table(header, rows) + (f"\n\n{phase_one(run)}" if 1 in phases else "")
+
+
+def phase_one(run: _Run) -> str:
+    """What trains while the body is frozen, in the run's own settings."""
+    if run.train_norm:
+        where = " (under LoRA, those of the BatchNorm layers saved whole)" if run.kind != "full" else ""
+        text = ("Phase 1 trains the new head and the body's norm-layer weights" + where + " (`train_norm`); the "
+                "rest of the body is frozen.")
+    else:
+        text = "Phase 1 trains the new head alone: the whole body is frozen, norm layers included (`train_norm` off)."
+    if _has_batch_norm(run.folder):
+        text += " BatchNorm layers still update their running statistics on the training data."
+    return text
+
+
+def _has_batch_norm(folder: Path) -> bool:
+    """Whether the saved weights hold BatchNorm running statistics (safetensors headers only; no tensor is read)."""
+    from safetensors import safe_open
+
+    for name in ("model.safetensors", "adapter_model.safetensors"):
+        if (folder / name).is_file():
+            with safe_open(str(folder / name), framework="np") as weights:
+                names = weights.keys()
+            return any(key.endswith("running_mean") for key in names)
+    index = _read(folder, "model.safetensors.index.json") or {}
+    return any(key.endswith("running_mean") for key in index.get("weight_map", {}))
 
 
 def training(run: _Run) -> str:
     t = run.cfg.get("train") or {}
     lora = run.cfg.get("lora") or {}
     m = run.metrics
-    what = "LoRA adapters and the new head" if run.kind != "full" else "the whole model"
-    text = [f"Fine-tuned with hfft the fastai way: the new head alone first "
-            f"(`freeze_epochs`={t.get('freeze_epochs')}, one-cycle peaking at `base_lr`={t.get('base_lr')}), "
-            f"then {what} (`epochs`={t.get('epochs')}) with discriminative learning rates spread geometrically "
-            f"over the layer groups (`lr_mult`={t.get('lr_mult')}) and one-cycle (`pct_start`={t.get('pct_start')}, "
-            f"`div`={t.get('div')}). AdamW, weight decay {t.get('weight_decay')} (none on norms and biases), "
-            f"batch size {t.get('batch_size')}, seed {t.get('seed')}, {m.get('train_examples', '?')} training "
-            "examples."]
+    text = [(f"Fine-tuned with hfft the fastai way: {phases(run, t)}. AdamW, weight decay {t.get('weight_decay')} "
+             f"(none on norms and biases), batch size {t.get('batch_size')}, seed {t.get('seed')}, "
+             f"{m.get('train_examples', '?')} training examples.")]
     if run.kind != "full":
         targets = (run.adapter or {}).get("target_modules") or lora.get("target_modules")
         targets = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
@@ -197,6 +238,24 @@ def training(run: _Run) -> str:
                     f"({share:.2%}).")
     text.append("\n### Schedule\n\n" + schedule(run))
     return "\n".join(text)
+
+
+def phases(run: _Run, t: dict) -> str:
+    """The run's phases as its config set them: a head-only warm-up (freeze_epochs), then the body (epochs)."""
+    what = "LoRA adapters and the new head" if run.kind != "full" else "the whole model"
+    head = "the new head and the body's norm layers" if run.train_norm else "the new head alone"
+    norms = "`train_norm`=true, " if run.train_norm else ""
+    warm_up = (f"{head} first (`freeze_epochs`={t.get('freeze_epochs')}, {norms}one-cycle peaking at `base_lr`="
+               f"{t.get('base_lr')})")
+    unfrozen = (f"{what} (`epochs`={t.get('epochs')}) with discriminative learning rates spread geometrically over "
+                f"the layer groups (`lr_mult`={t.get('lr_mult')}) and one-cycle (`pct_start`={t.get('pct_start')}, "
+                f"`div`={t.get('div')})")
+    if not t.get("epochs"):
+        return f"{warm_up}, and nothing after it: the body stayed frozen (`epochs`=0)"
+    if not t.get("freeze_epochs"):
+        return (f"{unfrozen}, from the first step (`freeze_epochs`=0: no head-only warm-up; "
+                f"`base_lr`={t.get('base_lr')})")
+    return f"{warm_up}, then {unfrozen}"
 
 
 def results(run: _Run) -> str:

@@ -104,28 +104,27 @@ def cmd_predict(args) -> int:
 
 
 def cmd_groups(args) -> int:
-    """Built on the meta device from the config alone: no weights are read, so any size of model answers at once."""
-    import torch
-
-    from .config import TrainConfig
+    """Loaded as training loads it (the checkpoint's loading info decides what is new head), but on the meta
+    device: no weights are read into memory, so any size of model answers at once."""
+    from .config import Config, TrainConfig
     from .layers import format_groups, layer_groups
-    from .models import load_config_for
+    from .models import load_classifier, load_config_for
     from .schedule import FineTunePlan
     from .tasks import TASKS
     from .zoo import resolve_model
 
-    defaults = TrainConfig()
-    config = load_config_for(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
-    config.num_labels = args.labels
-    auto = next((t.auto_model_class() for t in TASKS.values() if type(config) in t.auto_model_class()._model_mapping),
-                None)
-    if auto is None:
+    given = {"base_lr": args.base_lr, "lr_mult": args.lr_mult, "body_groups": args.body_groups}
+    t = Config(train=TrainConfig(**{k: v for k, v in given.items() if v is not None})).validate().train
+    path = resolve_model(args.model)
+    config = load_config_for(path, trust_remote_code=args.trust_remote_code)
+    task = next((k for k in TASKS.values() if type(config) in k.auto_model_class()._model_mapping), None)
+    if task is None:
         raise HfftError(f"Model type {config.model_type!r} has no image- or text-classification head in transformers.")
-    with torch.device("meta"):
-        model = auto.from_config(config, trust_remote_code=args.trust_remote_code)
-    groups = layer_groups(model, (), args.body_groups or defaults.body_groups)
-    plan = FineTunePlan.build(n_groups=len(groups), steps_per_epoch=1, epochs=1, freeze_epochs=1,
-                              base_lr=args.base_lr or defaults.base_lr, lr_mult=args.lr_mult or defaults.lr_mult)
+    labels = [f"LABEL_{i}" for i in range(args.labels)]
+    model, new_params = load_classifier(task, path, labels, trust_remote_code=args.trust_remote_code, meta=True)
+    groups = layer_groups(model, new_params, t.body_groups)
+    plan = FineTunePlan.build(n_groups=len(groups), steps_per_epoch=1, epochs=1, freeze_epochs=1, base_lr=t.base_lr,
+                              lr_mult=t.lr_mult)
     print(f"{args.model} ({type(model).__name__})")
     for phase in plan.phases:
         print(f"\nphase '{phase.name}': peak learning rate per group")

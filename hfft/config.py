@@ -79,6 +79,12 @@ class TrainConfig:
     resume: bool = _doc("Continue from the newest complete checkpoint in output_dir.", False)
     args: dict = _doc("Extra transformers.TrainingArguments (e.g. bf16, gradient_accumulation_steps).", factory=dict)
 
+    def __repr__(self) -> str:  # the dataclass's own, with secrets (hub_token) masked: reprs end up in logs
+        args = {k: "<hidden>" if k in SECRET_ARGS else v for k, v in self.args.items()}
+        shown = ", ".join(f"{f.name}={args if f.name == 'args' else getattr(self, f.name)!r}"
+                          for f in dataclasses.fields(self))
+        return f"{type(self).__qualname__}({shown})"
+
 
 @dataclass
 class LoraConfig:
@@ -141,17 +147,30 @@ class Config:
             (t.body_groups > 0, "train.body_groups must be > 0"),
             (t.freeze_by in ("auto", "grad", "lr"), "train.freeze_by must be 'auto', 'grad' or 'lr'"),
             (t.bn_momentum is None or 0 < t.bn_momentum < 1, "train.bn_momentum must be between 0 and 1"),
+            (0 <= t.seed < 2**32, "train.seed must be between 0 and 2**32 - 1 (numpy's seed range)"),
+            (t.output_dir.strip() != "", "train.output_dir cannot be empty: name the run folder, e.g. runs/my-run"),
+            (self.model.name.strip() != "", "model.name cannot be empty: give a Hub id, a local folder or an hfft: "
+                                            "model such as 'hfft:minilm-l6'"),
+            (d.source.strip() != "", "data.source cannot be empty (it would read the whole working folder): give a "
+                                     "folder, a data file, a Hub dataset id or 'hfft:rotten-tomatoes'"),
             (0 < d.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
             (d.max_train_samples is None or d.max_train_samples > 0, "data.max_train_samples must be > 0"),
             (d.max_eval_samples is None or d.max_eval_samples > 0, "data.max_eval_samples must be > 0"),
             (d.image_size is None or d.image_size > 0, "data.image_size must be > 0"),
             (d.max_length is None or d.max_length > 0, "data.max_length must be > 0"),
-            (d.encoding is None or _is_codec(d.encoding), "data.encoding must be a Python codec name such as "
-                                                           "'utf-8', 'cp1252' or 'latin-1'"),
+            (d.encoding is None or is_text_encoding(d.encoding), "data.encoding must be the name of a text "
+                                                                  "encoding such as 'utf-8', 'cp1252' or 'latin-1'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise HfftError(f"{message} (got {self._value_for(message)!r}).")
+        if d.task is not None:
+            from .tasks import get_task  # imports the task modules (torch, PIL): only when a task is named
+
+            try:
+                get_task(d.task)
+            except HfftError as err:
+                raise HfftError(f"data.task: {err} Leave it empty to infer the task from the data.") from None
         if t.train_norm and t.freeze_by == "lr":
             raise HfftError("train.train_norm needs train.freeze_by 'grad' or 'auto': with 'lr' the norms' learning "
                             "rate is 0 while frozen too.")
@@ -208,15 +227,31 @@ class Config:
         return values
 
     def save(self, path) -> None:
-        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        write_text_atomic(path, yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True))
 
 
-def _is_codec(name: str) -> bool:
+class _Dumper(yaml.SafeDumper):
+    """safe_dump that gives every string back exactly. With allow_unicode (so 'café' stays readable) yaml writes
+    U+0085 (NEL) raw in plain and single-quoted scalars, and reads it back as a line break folded into a space;
+    strings holding a character yaml counts as a line break are written double-quoted, where it is escaped."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str):
+    style = '"' if any(c in text for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def is_text_encoding(name) -> bool:
+    """A codec that decodes bytes to text: 'rot13', 'base64' or 'hex' are codecs too, but bytes-to-bytes ones."""
     try:
-        codecs.lookup(name)
-    except LookupError:
+        info = codecs.lookup(name)
+        b"".decode(name)  # 'undefined' looks up, then refuses everything
+    except (LookupError, UnicodeError, TypeError):
         return False
-    return True
+    return getattr(info, "_is_text_encoding", True)
 
 
 def _section_classes() -> dict[str, type]:
@@ -293,6 +328,9 @@ def _apply(config: Config, section: str, key: str, value: Any) -> None:
 def from_dict(values: dict | None, base: Config | None = None) -> Config:
     """Apply a nested {section: {key: value}} mapping on top of base (default: the schema's defaults)."""
     config = base if base is not None else Config()
+    if values is not None and not isinstance(values, dict):
+        raise HfftError(f"A config must be a mapping of sections ({', '.join(_section_classes())}) to their keys, "
+                        f"e.g. {{'train': {{'epochs': 3}}}}; got a value of type {type(values).__name__}: {values!r:.80}.")
     for section, body in (values or {}).items():
         if not isinstance(body, dict):
             raise HfftError(f"Config section {section!r} must be a mapping of keys to values, got {body!r}." +
@@ -328,18 +366,7 @@ def _scalar(key: str, raw: str):
 
 def load_config(path=None, overrides: list[str] = ()) -> Config:
     """Defaults < YAML file < command-line overrides, validated."""
-    values = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise HfftError(f"Config file {str(path)!r} does not exist.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise HfftError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(values, dict):
-            raise HfftError(f"Config file {str(path)!r} must hold a mapping of sections (model, data, train, lora, hub).")
-    config = from_dict(values)
+    config = from_dict(read_config_file(path) if path is not None else {})
     for text in overrides:
         section, key, value = parse_override(text)
         if key == "args" and isinstance(value, dict):
@@ -347,6 +374,27 @@ def load_config(path=None, overrides: list[str] = ()) -> Config:
         else:
             _apply(config, section, key, value)
     return config.validate()
+
+
+def read_config_file(path) -> dict:
+    """The {section: {key: value}} mapping a YAML config file holds (not yet applied nor validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HfftError(f"Config file {str(path)!r} does not exist.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise HfftError(f"Config file {str(path)!r} is not UTF-8 text: line {line} holds the byte(s) "
+                        f"{raw[err.start:err.end]!r}. Save it as UTF-8 (YAML files are UTF-8).") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise HfftError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise HfftError(f"Config file {str(path)!r} must hold a mapping of sections (model, data, train, lora, hub).")
+    return values
 
 
 def write_text_atomic(path, text: str) -> None:

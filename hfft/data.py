@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .config import is_text_encoding
 from .errors import HfftError, suggest
 from .tasks import Task, get_task, tasks_by_priority
 
@@ -68,6 +69,9 @@ def load_splits(source, *, task: str | None = None, input_column: str | None = N
     `encoding`: of CSV/TSV files (default UTF-8)."""
     if not 0 < val_fraction < 1:
         raise HfftError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+    if encoding is not None and not is_text_encoding(encoding):
+        raise HfftError(f"encoding must be the name of a text encoding such as 'utf-8', 'cp1252' or 'latin-1', "
+                        f"got {encoding!r}.")
     splits, hint = load_source(source, train_split=train_split, encoding=encoding)
     train_name, eval_name = _pick_splits(splits, train_split, eval_split)
     raw_train = splits[train_name]
@@ -127,9 +131,13 @@ def load_source(source, *, train_split: str = "train", encoding: str | None = No
     if isinstance(source, datasets.Dataset):
         return datasets.DatasetDict({train_split: source}), ""
     if isinstance(source, dict):
-        return _load_files({split: _as_list(files) for split, files in source.items()}, encoding), ""
+        named = [split for split in source if not isinstance(split, str)]
+        if named:
+            raise HfftError(f"The keys of a {{split: files}} data source are split names (text), got {named[0]!r}: "
+                            "write e.g. {'train': 'train.csv', 'test': 'test.csv'}.")
+        return _load_files({split: _as_list(files, split) for split, files in source.items()}, encoding), ""
     if isinstance(source, (list, tuple)):
-        return _load_files(_files_by_split([Path(p) for p in source]), encoding), ""
+        return _load_files(_files_by_split([Path(p) for p in _as_list(source)]), encoding), ""
     if not isinstance(source, (str, os.PathLike)):
         raise HfftError(f"Cannot load data from a {type(source).__name__}. Pass a datasets.Dataset/DatasetDict, a "
                         "folder, a CSV/JSON/Parquet file (or a list of them), or a Hub dataset id.")
@@ -145,8 +153,14 @@ def load_source(source, *, train_split: str = "train", encoding: str | None = No
 
 
 def _load_folder(path: Path, train_split: str, encoding: str | None) -> tuple[datasets.DatasetDict, str]:
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():  # made by save_to_disk
-        loaded = datasets.load_from_disk(str(path))
+    marker = next((name for name in ("dataset_dict.json", "state.json") if (path / name).is_file()), None)
+    if marker:  # made by save_to_disk
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:  # JSON errors are ValueErrors
+            raise HfftError(f"Folder {str(path)!r} holds {marker}, so it was read as a datasets save_to_disk "
+                            f"folder, but it cannot be loaded ({type(err).__name__}: {err}). Save the dataset "
+                            f"again with save_to_disk, or remove {marker} if the folder holds other data.") from None
         return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({train_split: loaded})), ""
     files = [p for p in sorted(path.rglob("*"))
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)]
@@ -213,6 +227,12 @@ def _files_by_split(files: list[Path], root: Path | None = None) -> dict[str, li
 
 
 def _load_files(groups: dict[str, list[str]], encoding: str | None = None) -> datasets.DatasetDict:
+    if not groups:
+        raise HfftError("The data source names no files: give a data file, a list of them, or a {split: files} "
+                        "dict such as {'train': 'train.csv'}.")
+    for split, files in groups.items():
+        if not files:
+            raise HfftError(f"Split {split!r} of the data source names no files: give it a file, or leave it out.")
     formats = {}
     for files in groups.values():
         for file in files:
@@ -298,7 +318,11 @@ def _has_rows(path: Path) -> bool:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows > 0
+        try:
+            return pq.ParquetFile(path).metadata.num_rows > 0
+        except (pa.ArrowException, OSError) as err:
+            raise HfftError(f"Data file {str(path)!r} is not a readable Parquet file ({err}). Replace it with a "
+                            "good copy, or remove it.") from None
     return True
 
 
@@ -314,8 +338,14 @@ def _load_hub(name: str) -> datasets.DatasetDict:
                         "Or pass a local folder or CSV/JSON/Parquet file.") from err
 
 
-def _as_list(files) -> list[str]:
-    return [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
+def _as_list(files, split: str | None = None) -> list[str]:
+    """Data file paths from one path or a list of them; anything else is an error saying what was expected."""
+    if isinstance(files, (str, os.PathLike)):
+        return [os.fspath(files)]
+    if isinstance(files, (list, tuple)) and all(isinstance(f, (str, os.PathLike)) for f in files):
+        return [os.fspath(f) for f in files]
+    where = f"Split {split!r} of the data source" if split is not None else "A list data source"
+    raise HfftError(f"{where} must be a data file path or a list of them, got {files!r:.80}.")
 
 
 def _pick_splits(splits: datasets.DatasetDict, train_split: str, eval_split: str | None) -> tuple[str, str | None]:
@@ -449,6 +479,13 @@ def _label_keys(values, feature, column: str):
     kind = values.type
     if pa.types.is_floating(kind):
         valid = values.drop_null()
+        odd = pc.invert(pc.and_(pc.is_finite(values), pc.less_equal(pc.abs(values), 2.0 ** 53)))
+        rows = pc.indices_nonzero(pc.fill_null(odd, False)).to_pylist()
+        if rows:  # no class id; the cast to int64 below would fail with an arrow error
+            raise HfftError(f"Label column {column!r} holds NaN, infinite or huge numbers (rows "
+                            f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}, counting from 0): "
+                            "labels must be class names or integer ids. Fix or remove those rows (an empty cell "
+                            "is a missing label, dropped with a warning).")
         if len(valid) and not pc.all(pc.equal(valid, pc.floor(valid))).as_py():
             raise HfftError(f"Label column {column!r} holds non-integer numbers: hfft trains classifiers, not "
                             "regressors. Bin the values into classes, or pass label_column= naming the class column.")

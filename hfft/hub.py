@@ -6,7 +6,9 @@ goes to the Hub client and nowhere else: hfft never logs it, and it is kept out 
 TrainingArguments (so out of every checkpoint) and out of the card.
 
 What goes up: the run folder without its checkpoints, its merged/ subfolder and hidden files; or, with
-`merged=True` (LoRA runs), the merged/ folder (made from the adapter first when the run did not save one).
+`merged=True` (LoRA runs), the merged/ folder (made from the adapter first when the run did not save one, or
+when the one there was made from an earlier adapter). The card naming the repository goes up from memory; the
+folder's own README.md is rewritten only once the upload succeeded.
 """
 
 from __future__ import annotations
@@ -14,21 +16,29 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .card import write_card
+from .card import CARD_NAME, render, write_card
 from .errors import HfftError
 
 log = logging.getLogger("hfft")
 
 EXCLUDED_DIRS = ("checkpoints", "merged")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def files_to_upload(folder) -> list[str]:
-    """Relative paths (posix) of every file that a push of `folder` uploads, sorted."""
+    """Relative paths (posix) of every file that a push of `folder` uploads, sorted. Weights of the other kind
+    (an adapter's files in a full run, full weights in an adapter run), left by an older hfft, stay behind."""
+    from .adapters import is_adapter_folder
+
     folder = Path(folder)
+    stale = FULL_WEIGHTS if is_adapter_folder(folder) else ADAPTER_FILES
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if path.is_file() and rel.parts[0] not in EXCLUDED_DIRS and not any(p.startswith(".") for p in rel.parts):
+        if path.is_file() and rel.parts[0] not in EXCLUDED_DIRS and not any(p.startswith(".") for p in rel.parts) \
+                and rel.as_posix() not in stale:
             files.append(rel.as_posix())
     return files
 
@@ -44,8 +54,10 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def folder_to_push(run, merged: bool = False) -> Path:
-    """The run folder, or with merged=True its merged/ folder, made from the adapter when it is not there yet."""
+    """The run folder, or with merged=True its merged/ folder, made from the adapter when it is not there yet or
+    was made from an earlier adapter."""
     from .adapters import MERGED_DIR, is_adapter_folder, save_merged
+    from .runfolder import merged_is_current
 
     run = Path(run)
     if not (run / "hfft.yaml").is_file():
@@ -55,7 +67,7 @@ def folder_to_push(run, merged: bool = False) -> Path:
         return run
     if not is_adapter_folder(run):
         raise HfftError(f"{str(run)!r} is not a LoRA run: it already holds a plain model. Push it without --merged.")
-    if not (run / MERGED_DIR / "config.json").is_file():
+    if not merged_is_current(run):
         from .inference import run_task
         from .tasks import get_task
 
@@ -96,15 +108,17 @@ def push(run, repo_id: str | None = None, *, private: bool = False, merged: bool
         # private=None, not False: a repository that is not asked to be private follows its owner's default.
         repo = api.create_repo(name, private=private or None, exist_ok=True, repo_type="model")
         full_id = getattr(repo, "repo_id", None) or name
-        write_card(folder, full_id)  # the card's snippet names the repository
-        files = files_to_upload(folder)
-        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files]
+        card = render(folder, full_id).encode("utf-8")  # its snippet names the repository
+        files = sorted({*files_to_upload(folder), CARD_NAME})
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=card if f == CARD_NAME else str(folder / f))
+                      for f in files]
         api.create_commit(repo_id=full_id, repo_type="model", operations=operations,
                           commit_message=commit_message or f"Upload {'merged model' if merged else 'run'} from hfft")
     except _hub_errors() as err:  # HTTP errors, offline mode, a refused token: one line naming the repository
         retry = f"hfft push {run} {name}" + (" --merged" if merged else "")
         raise HfftError(f"Pushing {str(folder)!r} to the Hub repository {name!r} failed: {type(err).__name__}: "
                         f"{err}\nThe run folder is complete; push it again with `{retry}`.") from err
+    write_card(folder, full_id)  # only now: a failed push leaves the card naming no repository that may not exist
     url = str(repo)
     log.info("pushed %d files to %s", len(files), url)
     return url

@@ -24,7 +24,19 @@ def run_config(run) -> dict:
     if not path.is_file():
         raise HfftError(f"{str(run)!r} is not an hfft run folder (no {runfolder.CONFIG_NAME}). Pass the output_dir "
                         "of a finished run.")
+    refuse_stale_merged(run)
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def refuse_stale_merged(folder) -> None:
+    """A <run>/merged folder made from an earlier adapter than the run's own would answer for a model the run no
+    longer holds."""
+    folder = Path(folder)
+    run = folder.parent
+    if folder.name == runfolder.MERGED_DIR and is_adapter_folder(run) and not runfolder.merged_is_current(run):
+        raise HfftError(f"{str(folder)!r} was merged from an earlier adapter than the one in {str(run)!r} (their "
+                        f"hfft.yaml or metrics.json differ). Use {str(run)!r} itself, which loads its adapter, or "
+                        f"delete {str(folder)!r}: `hfft push {run} REPO --merged` makes it again.")
 
 
 def run_task(run) -> str:
@@ -79,13 +91,20 @@ def _expand_texts(inputs, column: str | None) -> list[str]:
 
 def _read_texts(path: Path, column: str | None, what: str = "text") -> list[str]:
     if path.suffix.lower() == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise HfftError(f"{str(path)!r} holds no {what}: it has no non-blank line (one input per line).")
+        return lines
     if path.suffix.lower() == ".jsonl":
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = list(rows[0]) if rows else []
     else:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-    names = list(rows[0]) if rows else []
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            rows, names = list(reader), list(reader.fieldnames or [])
+    if not rows:
+        shape = f"a header ({', '.join(names)}) but no rows" if names else "nothing in it"
+        raise HfftError(f"{str(path)!r} holds no {what}: it has {shape}.")
     usual = ("text",) if what == "text" else ("image", "path", "file", "filename")
     chosen = column or next((c for c in usual if c in names), None)
     if chosen not in names:
@@ -104,6 +123,8 @@ def predict(run, inputs, *, top_k: int = 1, batch_size: int = 32, column: str | 
         inputs = [inputs]
     task = run_task(run)
     items = _expand_images(inputs, column) if task == "image-classification" else _expand_texts(inputs, column)
+    if not items:
+        raise HfftError(f"Nothing to predict: {list(map(str, inputs))!r} holds no texts.")
     if is_adapter_folder(run):  # base model + adapter, merged in memory for speed
         from .tasks import get_task
 
@@ -136,7 +157,7 @@ def write_predictions(results: list[dict], path) -> None:
     if path.suffix.lower() == ".json":
         runfolder.save_json(path, results)
         return
-    k = max(len(r["labels"]) for r in results)
+    k = max((len(r["labels"]) for r in results), default=1)  # no results: the header alone
     header = ["input"] + [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "score")]
     rows = [[r["input"]] + [v for pair in zip(r["labels"], r["scores"]) for v in pair] for r in results]
     import io

@@ -86,8 +86,9 @@ def _new_param_names(info: dict) -> set[str]:
 
 
 def load_classifier(task, name: str, labels: list[str], *, revision=None, trust_remote_code=False,
-                    allow_pickle=False, pad_token_id=None):
-    """(model, new_param_names) with len(labels) outputs and id2label/label2id written into the config."""
+                    allow_pickle=False, pad_token_id=None, meta=False):
+    """(model, new_param_names) with len(labels) outputs and id2label/label2id written into the config.
+    meta: parameters on the meta device, no weights read (`hfft groups`), the same loading info as training."""
     ckpt_config = load_config_for(name, revision=revision, trust_remote_code=trust_remote_code)
     check_head(task, ckpt_config, name, trust_remote_code)
     model_cls = task.auto_model_class()
@@ -97,6 +98,8 @@ def load_classifier(task, name: str, labels: list[str], *, revision=None, trust_
               "trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True  # pickle checkpoints can run code when loaded
+    if meta:
+        kwargs["device_map"] = "meta"
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # its load report is replaced by one line below
     try:

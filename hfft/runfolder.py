@@ -10,16 +10,22 @@
 
 A LoRA run holds adapter_config.json + adapter_model.safetensors instead of model.safetensors (config.json stays:
 the base model is rebuilt with it), and with lora.merge a plain merged model in <run>/merged/.
+
+Overwriting a run removes every file the old run wrote (is_run_output) once the new training starts. The model
+files are staged in <run>/.saving and moved in once complete (save_model), so a crash while saving leaves the old
+set whole, or a complete new set that the next run of the folder moves in.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from .config import write_text_atomic
@@ -37,6 +43,27 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
+MERGED_DIR = "merged"
+# What Trainer.save_model writes for a model, an adapter and their processors (weights, shards and their index,
+# configs, tokenizer files), and the files and folders hfft adds: together, what overwrite=True removes. Anything
+# else a user keeps in the folder stays.
+MODEL_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json",
+                  "config.json", "generation_config.json", "adapter_config.json", "preprocessor_config.json",
+                  "processor_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*",
+                  "merges.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.*", "training_args.bin")
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, LOG_NAME, "README.md", "training.png", "confusion_matrix.png")
+SAVING = ".saving"  # the new model files, staged inside the run folder
+STAGED = ".complete"  # written into SAVING once every file of the new set is there
+SCRATCH = (SAVING, f".{MERGED_DIR}.saving", f".{MERGED_DIR}.old")  # half-made copies inside a run
+
+
+def is_model_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_PATTERNS)
+
+
+def is_run_output(name: str) -> bool:
+    """Whether a top-level entry of a run folder is something a run writes."""
+    return is_model_file(name) or name in RUN_FILES or name in (CHECKPOINTS, MERGED_DIR) or name in SCRATCH
 
 
 def complete_checkpoints(run: Path) -> list[Path]:
@@ -65,12 +92,19 @@ def prepare(run, *, overwrite: bool, resume: bool) -> Path | None:
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise HfftError(f"output_dir {str(run)!r} is a file, not a folder. Choose another output_dir.")
+    if int(os.environ.get("RANK", "0")) == 0:  # one process repairs; under accelerate launch every one runs this
+        finish_interrupted_save(run)
     existing = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
     if resume:
         checkpoints = complete_checkpoints(run)
         if checkpoints:
             log.info("resuming from %s", checkpoints[-1])
             return checkpoints[-1]
+        finished = [name for name in existing if name in WEIGHT_FILES or name in (CONFIG_NAME, METRICS_NAME)]
+        if finished:  # retraining would replace a finished model with nothing to resume from
+            raise HfftError(f"resume: {str(run)!r} holds a finished run ({', '.join(finished)}) but no complete "
+                            "checkpoint, so there is nothing to resume from. Pass overwrite=True "
+                            "(train.overwrite=true) to train it again from the start, or choose another output_dir.")
         log.warning("resume: no complete checkpoint in %s, starting from the beginning", run)
         return None
     if existing and not overwrite:
@@ -85,20 +119,28 @@ def prepare(run, *, overwrite: bool, resume: bool) -> Path | None:
 
 
 def clear_previous(run: Path) -> None:
-    """overwrite=True: the old run's checkpoints and log go when the new training starts, not before, so a run
-    that fails while loading its data or model leaves the old one whole. Its other files are replaced as the new
-    run writes them."""
-    if (run / CHECKPOINTS).exists() or (run / LOG_NAME).exists():
-        log.warning("overwrite: removing the previous run's checkpoints and log in %s", run)
-    shutil.rmtree(run / CHECKPOINTS, ignore_errors=True)
-    (run / LOG_NAME).unlink(missing_ok=True)
+    """overwrite=True: the old run's files (is_run_output: model or adapter, processor, hfft.yaml, metrics, log,
+    card, plots, checkpoints/, merged/) go when the new training starts, not before, so a run that fails while
+    loading its data or model leaves the old one whole. Files hfft does not write stay."""
+    old = sorted(path for path in Path(run).iterdir() if is_run_output(path.name))
+    if old:
+        log.warning("overwrite: removing the previous run's checkpoints and log and every other file it wrote in %s "
+                    "(%s)", run, ", ".join(p.name for p in old))
+    for path in old:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def save_model(trainer, run: Path) -> None:
-    """Model, config and processor written beside the run, then moved in file by file with os.replace, so an
-    interrupted save leaves the previous files whole. Called on every process (sharded engines gather the
-    weights collectively); only the main process writes."""
-    staging = Path(run) / ".saving"
+    """Model, config and processor are written to <run>/.saving; once that set is complete a marker says so and
+    the files move in by rename. A crash before the marker leaves the old files whole (the partial copy is
+    dropped by the next prepare()); a crash among the renames leaves a marked, complete set that the next
+    prepare() moves in. The run folder itself is never renamed: a shell or a viewer open in it stays valid.
+    Called on every process (sharded engines gather the weights collectively); only the main process writes."""
+    run = Path(run)
+    staging = run / SAVING
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -118,9 +160,85 @@ def save_model(trainer, run: Path) -> None:
     if hasattr(model, "peft_config"):  # a LoRA adapter: add the config (labels, pad token) the base is rebuilt with
         model.get_base_model().config.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # peft's template; hfft writes the run's own card
-    for path in sorted(staging.iterdir()):
-        os.replace(path, Path(run) / path.name)
-    staging.rmdir()
+    write_text_atomic(staging / STAGED, "complete\n")
+    _move_in(run, staging)
+
+
+def _move_in(run: Path, staging: Path) -> None:
+    """Roll a complete staged set forward: its files replace the run's, model files of the old set that the new
+    one lacks go (an adapter's over a full model's, a shard the new model does not have), as does merged/, which
+    was made from the old model. Safe to repeat, so prepare() can finish what a crash interrupted."""
+    names = {p.name for p in staging.iterdir()} - {STAGED}
+    for path in sorted(run.iterdir()):
+        if is_model_file(path.name) and path.name not in names and path.is_file():
+            path.unlink()
+    shutil.rmtree(run / MERGED_DIR, ignore_errors=True)
+    for name in sorted(names):
+        os.replace(staging / name, run / name)
+    shutil.rmtree(staging)
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the folder `new` at its sibling `dest`, replacing the folder there. On Linux one atomic exchange
+    (renameat2 RENAME_EXCHANGE): at every moment `dest` holds the complete old folder or the complete new one.
+    Where that is not available, two renames: for the instant between them `dest` does not exist, and a crash
+    there leaves the new folder complete beside it (for a run folder, the next prepare() puts it in place)."""
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if not dest.exists():
+        os.replace(new, dest)
+    elif _exchange(new, dest):
+        os.replace(new, old)  # `new` now names the old folder
+    else:
+        os.replace(dest, old)
+        os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def finish_interrupted_save(run: Path) -> None:
+    """A save killed once its staged set was complete is finished; the partial copy of one killed earlier goes
+    (the old files are whole), as do the leftovers of an interrupted merged/ swap."""
+    run = Path(run)
+    staging = run / SAVING
+    if (staging / STAGED).is_file():
+        log.warning("finishing the interrupted save of the model in %s", run)
+        _move_in(run, staging)
+    elif staging.is_dir():
+        shutil.rmtree(staging, ignore_errors=True)
+    # merged/ is made from the model and can be made again (hfft push --merged does): the copies an interrupted
+    # merge left go, whether or not they were complete.
+    for name in (f".{MERGED_DIR}.saving", f".{MERGED_DIR}.old"):
+        shutil.rmtree(run / name, ignore_errors=True)
+
+
+def merged_is_current(run) -> bool:
+    """Whether <run>/merged was made from the run's present adapter: merged/ carries copies of the run's hfft.yaml
+    and metrics.json, and a later run over the same folder rewrites both (metrics.json holds its runtime)."""
+    run = Path(run)
+    merged = run / MERGED_DIR
+    if not (merged / "config.json").is_file():
+        return False
+    return all(_bytes(run / name) == _bytes(merged / name) for name in (CONFIG_NAME, METRICS_NAME))
+
+
+def _bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
 
 
 def save_json(path, data) -> None:

@@ -1,5 +1,11 @@
 """transformers.Trainer with hfft's optimizer and schedule: discriminative AdamW over layer groups and the
-two-phase one-cycle plan. Everything else (loops, mixed precision, Accelerate, checkpoints) is the Trainer's."""
+two-phase one-cycle plan. Everything else (loops, mixed precision, Accelerate, checkpoints) is the Trainer's.
+
+One invariant the freeze relies on: the Trainer wraps the model (DDP, FSDP, DeepSpeed) in train() before any
+callback's on_train_begin, so the model is wrapped with every parameter trainable and only then frozen
+(FreezeCallback). DDP decides which parameters it all-reduces when it is built: built around a frozen body, it
+would never sync the body's gradients after unfreezing, and the ranks would silently drift apart.
+FreezeCallback refuses to freeze a distributed model that is not wrapped yet (`wrapped_model`)."""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from transformers import Trainer
 
 from .errors import HfftError
 from .layers import LayerGroup
-from .optim import build_optimizer
+from .optim import build_optimizer, no_decay_names
 from .schedule import FineTunePlan, FineTuneScheduler
 
 
@@ -16,15 +22,18 @@ class FineTuneTrainer(Trainer):
                  total_epochs: int, on_plan=None, lr_scales: dict[str, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.groups, self.norm_names = groups, norm_names
+        # Decided now, on the unwrapped model: FSDP hands create_optimizer its flat 1-D shards.
+        self.no_decay_names = no_decay_names(self.model, norm_names)
         self.lr_scales = lr_scales  # parameter name -> learning-rate multiplier (LoRA+)
         self.plan_kwargs, self.total_epochs = plan_kwargs, total_epochs
         self.on_plan = on_plan  # called with the plan once the number of steps per epoch is known
         self.plan: FineTunePlan | None = None
 
     def create_optimizer(self, model=None):
+        # FSDP: the Trainer delays this until the model is wrapped, and passes the wrapped model.
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.model if model is None else model, self.groups,
-                                             self.args.weight_decay, self.norm_names,
+                                             self.args.weight_decay, self.no_decay_names,
                                              fused=self.args.optim == "adamw_torch_fused", lr_scales=self.lr_scales)
         return self.optimizer
 

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under `accelerate launch` with 2 CPU processes (gloo): a full fine_tune that
-records, per rank, the parameters when the body unfreezes and at the end, what evaluation counted, and when
-each process read the data.
+records, per rank, the parameters when the body unfreezes and at the end, the examples of every training batch,
+what evaluation counted, and when each process read the data.
 
     accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml tests/ddp_probe.py MODEL DATA OUTPUT_DIR
 """
@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 
 import hfft.api
 from hfft import fine_tune
+from hfft.trainer import FineTuneTrainer
 
 
 class Snapshots(TrainerCallback):
@@ -51,6 +52,16 @@ if __name__ == "__main__":
         return original_call(self, *args, **kwargs)
 
     PreTrainedTokenizerBase.__call__ = counting_call
+
+    record["batches"] = []  # per optimizer step, the token ids of each example this rank trained on
+    original_step = FineTuneTrainer.training_step
+
+    def recording_step(self, model, inputs, *args, **kwargs):
+        ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()
+        record["batches"].append([[t for t, m in zip(row, keep) if m] for row, keep in zip(ids, mask)])
+        return original_step(self, model, inputs, *args, **kwargs)
+
+    FineTuneTrainer.training_step = recording_step
     snaps = Snapshots()
     result = fine_tune(model=model, data=data, output_dir=out, freeze_epochs=1, epochs=1, batch_size=8,
                        max_eval_samples=15, save_strategy="no", callbacks=[snaps])

@@ -83,6 +83,44 @@ def test_groups_prints_every_group_with_both_phases(capsys, tiny_bert):
         assert name in out, name
 
 
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory) -> str:
+    """A base DistilBERT checkpoint: no pre_classifier, so training makes it new head."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    folder = tmp_path_factory.mktemp("tiny_distilbert")
+    torch.manual_seed(0)
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=16, n_layers=2, n_heads=2, hidden_dim=32)).save_pretrained(
+        folder)
+    return str(folder)
+
+
+def test_groups_are_the_groups_training_uses(capsys, tiny_distilbert):
+    from hfft.layers import layer_groups
+    from hfft.models import load_classifier
+    from hfft.tasks import get_task
+
+    model, new = load_classifier(get_task("text-classification"), tiny_distilbert, ["a", "b"])  # as run() does
+    trained = layer_groups(model, new)
+    assert "pre_classifier.weight" in trained[-1].param_names
+    assert main(["groups", tiny_distilbert]) == 0
+    tables = capsys.readouterr().out.split("phase ")[1:]
+    for table in tables:
+        rows = [line.split() for line in table.splitlines()[2:] if line.strip()]
+        assert [row[1] for row in rows] == [g.name for g in trained]
+        assert rows[-1][-3:] == ["pre_classifier", "..", "classifier"]  # the head holds both, as in training
+
+
+def test_groups_takes_explicit_learning_rates_as_given(capsys, tiny_distilbert):
+    assert main(["groups", tiny_distilbert, "--base-lr", "0"]) == 2  # refused as training refuses it, not defaulted
+    assert "train.base_lr must be > 0" in capsys.readouterr().err
+    assert main(["groups", tiny_distilbert, "--base-lr", "1e-2", "--lr-mult", "1", "--body-groups", "1"]) == 0
+    unfrozen = capsys.readouterr().out.split("phase 'unfrozen'")[1]
+    lrs = [line.split()[3] for line in unfrozen.splitlines()[2:] if line.strip()]
+    assert lrs == ["5.00e-03"] * 3  # embeddings, one body group, head: base_lr / 2 everywhere with lr_mult 1
+
+
 def test_recipe_under_accelerate_launch(tmp_path, tiny_vit, image_folder):
     """The recipe as a user starts it: `accelerate launch recipes/finetune.py --config ...` (one CPU process)."""
     config = _config(tmp_path, tiny_vit, image_folder, eval_batch_size=8)

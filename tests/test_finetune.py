@@ -79,6 +79,14 @@ def test_freezing_by_zero_learning_rate(tmp_path, tiny_bert, text_csv):
     final = state_of(result.model)
     assert sum(not torch.equal(final[n], snap.at_switch[n]) for n in final) > 0.9 * n_params
 
+    # The body's gradients reached AdamW while its learning rate was 0; its moments and step count are forgotten
+    # when it unfreezes, so the run ends exactly where freezing by requires_grad (fastai's way) ends.
+    by_grad = fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "grad"), freeze_epochs=1,
+                        epochs=1, freeze_by="grad", **FAST)
+    expected = state_of(by_grad.model)
+    for name, value in final.items():
+        assert torch.equal(value, expected[name]), f"{name}: freeze_by='lr' and 'grad' end differently"
+
 
 def test_frozen_phase_computes_no_body_gradients(tmp_path, tiny_bert, text_csv):
     seen = {}
@@ -90,8 +98,8 @@ def test_frozen_phase_computes_no_body_gradients(tmp_path, tiny_bert, text_csv):
     fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=1, epochs=0,
               callbacks=[GradProbe()], **FAST)
     assert seen, "no optimizer step observed"
-    for step, names in seen.items():
-        assert names and all(n.startswith("classifier.") or n.startswith("bert.pooler.") for n in names), (step, names)
+    for step, names in seen.items():  # the pooler is in the checkpoint: pretrained body, frozen like the rest
+        assert names and all(n.startswith("classifier.") for n in names), (step, names)
 
 
 @pytest.mark.parametrize("train_norm", [False, True])
@@ -114,38 +122,90 @@ def test_batchnorm_model_while_frozen(tmp_path, tiny_resnet, image_folder, train
     assert any(not torch.equal(b, original[n]) for n, b in stats.items()), "running statistics did not update"
 
 
-def _expected_lr(step, group, n_groups, spe, freeze_epochs, epochs, base_lr=2e-3, lr_mult=100):
+def _one_cycle(pos, pct, start, middle, end):
+    def cos(a, b, p):
+        return a + (1 + math.cos(math.pi * (1 - p))) * (b - a) / 2
+
+    return cos(start, middle, pos / pct) if pos < pct else cos(middle, end, (pos - pct) / (1 - pct))
+
+
+def _expected_lr(step, group, n_groups, spe, freeze_epochs, epochs, base_lr=2e-3, lr_mult=100, pct_start=0.3,
+                 div=5):
     """fastai's fine_tune, written out independently of hfft.schedule."""
-
-    def cos(a, b, pos):
-        return a + (1 + math.cos(math.pi * (1 - pos))) * (b - a) / 2
-
-    def one_cycle(pos, top, pct, div):
-        return cos(top / div, top, pos / pct) if pos < pct else cos(top, top / 1e5, (pos - pct) / (1 - pct))
-
     frozen = freeze_epochs * spe
     if step < frozen:
         top = base_lr if group == n_groups - 1 else base_lr / 10
-        return one_cycle(step / frozen, top, 0.99, 25)
+        return _one_cycle(step / frozen, 0.99, top / 25, top, top / 1e5)
     half = base_lr / 2
     top = (half / lr_mult) * (lr_mult ** (group / (n_groups - 1)))
-    return one_cycle((step - frozen) / (epochs * spe), top, 0.3, 5)
+    return _one_cycle((step - frozen) / (epochs * spe), pct_start, top / div, top, top / 1e5)
 
 
-def test_learning_rate_of_every_group_at_every_step_follows_fastai(tmp_path, tiny_bert, text_csv):
-    result = fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=1, epochs=2,
-                       **FAST)
+def _expected_beta1(step, spe, freeze_epochs, epochs, pct_start=0.3):
+    """fastai's moms=(0.95, 0.85, 0.95): Adam's beta1 falls while the learning rate rises, in each phase."""
+    frozen = freeze_epochs * spe
+    if step < frozen:
+        return _one_cycle(step / frozen, 0.99, 0.95, 0.85, 0.95)
+    return _one_cycle((step - frozen) / (epochs * spe), pct_start, 0.95, 0.85, 0.95)
+
+
+class OptimizerProbe(TrainerCallback):
+    """Every optimizer param group's beta1 at every step, and the optimizer itself."""
+
+    def __init__(self):
+        self.betas, self.optimizer = {}, None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer = optimizer
+        self.betas[state.global_step] = [g["betas"][0] for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("freeze_epochs, epochs, schedule", [
+    (1, 2, {}),  # the defaults
+    (2, 1, {"base_lr": 1e-2, "lr_mult": 10, "pct_start": 0.5, "div": 10}),
+    (0, 2, {"base_lr": 5e-3, "lr_mult": 20, "pct_start": 0.25, "div": 3}),
+])
+def test_learning_rate_and_beta1_of_every_group_at_every_step_follow_fastai(tmp_path, tiny_bert, text_csv,
+                                                                            freeze_epochs, epochs, schedule):
+    probe = OptimizerProbe()
+    result = fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=freeze_epochs,
+                       epochs=epochs, callbacks=[probe], **schedule, **FAST)
     records = [r for r in read_log(result.output_dir) if "phase" in r]
     names = [g.name for g in result.groups]
     n = len(names)
     assert n >= 4 and names[0] == "embeddings" and names[-1] == "head"
     spe = math.ceil(144 / 16)  # 160 rows, 10% held out
-    assert [r["step"] for r in records] == list(range(3 * spe))
+    total = (freeze_epochs + epochs) * spe
+    assert [r["step"] for r in records] == list(range(total))
+    pct = schedule.get("pct_start", 0.3)
     for r in records:
         for g, name in enumerate(names):
-            expected = _expected_lr(r["step"], g, n, spe, 1, 2)
+            expected = _expected_lr(r["step"], g, n, spe, freeze_epochs, epochs, **schedule)
             assert r[f"lr/{name}"] == pytest.approx(expected, rel=1e-9), (r["step"], name)
-        assert r["phase"] == (1 if r["step"] < spe else 2)
+        assert r["phase"] == (1 if r["step"] < freeze_epochs * spe else 2)
+    assert sorted(probe.betas) == list(range(total))
+    for step, betas in probe.betas.items():
+        assert betas == pytest.approx([_expected_beta1(step, spe, freeze_epochs, epochs, pct)] * len(betas),
+                                      rel=1e-9), step
+    starts = [0, freeze_epochs * spe] if freeze_epochs else [0]
+    assert all(probe.betas[s][0] == pytest.approx(0.95) for s in starts)  # each phase starts at 0.95
+
+
+def test_no_weight_decay_on_norm_and_bias_parameters(tmp_path, tiny_bert, text_csv):
+    probe = OptimizerProbe()
+    result = fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "run"), freeze_epochs=1, epochs=0,
+                       weight_decay=0.05, callbacks=[probe], **FAST)
+    name_of = {id(p): n for n, p in result.model.named_parameters()}
+    norms = norm_param_names(result.model)
+    decayed, plain = set(), set()
+    for group in probe.optimizer.param_groups:
+        names = {name_of[id(p)] for p in group["params"]}
+        assert group["weight_decay"] in (0.0, 0.05), group["weight_decay"]
+        (decayed if group["weight_decay"] else plain).update(names)
+    assert decayed | plain == set(name_of.values()) and not decayed & plain  # every parameter, once
+    assert plain == {n for n in name_of.values() if n in norms or n.endswith(".bias")}
+    assert any("LayerNorm" in n for n in plain) and "classifier.weight" in decayed
+    assert all(result.model.get_parameter(n).ndim == 2 for n in decayed)
 
 
 def test_head_only_and_full_finetune_modes(tmp_path, tiny_bert, text_csv):

@@ -89,10 +89,95 @@ def test_card_metadata_follows_hub_conventions(image_run, adapter_run):
     assert "Trained parameters:" in adapter_body
 
 
-def test_base_model_and_dataset_ids():
+def test_base_model_and_dataset_ids(tmp_path, monkeypatch):
     assert hub_id("hfft:minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_id("google/vit-base-patch16-224-in21k") == "google/vit-base-patch16-224-in21k"
     assert hub_id(str(ROOT)) is None and hub_id("hfft:efficientnet-lite0") is None
+    monkeypatch.chdir(tmp_path)  # none of these exists here: their shape alone decides
+    for name in ("imdb", "stanfordnlp/imdb", "facebook/opt-1.3b", "user/data.v2"):
+        assert hub_id(name) == name, name
+    for name in ("reviews.csv", "data/train.csv", "train.parquet", "user/reviews.jsonl", "notes.txt", "./data",
+                 "../data", "/data/reviews", "~/data", "a/b/c", "user/", "user--x/name", "name."):
+        assert hub_id(name) is None, name
+    (tmp_path / "reviews").mkdir()
+    assert hub_id("reviews") is None  # a local folder, though shaped like an id
+
+
+def edited_copy(run: Path, dest: Path, **sections) -> Path:
+    """A copy of a run folder whose hfft.yaml has the given sections updated."""
+    folder = Path(shutil.copytree(run, dest))
+    cfg = yaml.safe_load((folder / "hfft.yaml").read_text())
+    for section, values in sections.items():
+        cfg[section].update(values)
+    (folder / "hfft.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return folder
+
+
+def test_card_names_hub_base_models_and_datasets(image_run, adapter_run, tmp_path):
+    from hfft.card import render
+
+    for run, relation in ((image_run, "finetune"), (adapter_run, "adapter")):
+        folder = edited_copy(run, tmp_path / run.name, model={"name": "google/vit-base-patch16-224-in21k"},
+                             data={"source": "alice/colours"})
+        meta, body = split_card(render(folder))
+        assert meta["base_model"] == "google/vit-base-patch16-224-in21k", relation
+        assert meta["base_model_relation"] == relation and meta["datasets"] == ["alice/colours"]
+        assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "alice/colours"
+        assert "https://huggingface.co/google/vit-base-patch16-224-in21k" in body
+
+
+def test_card_names_no_hub_dataset_for_local_data(image_run, tmp_path, monkeypatch):
+    from hfft.card import render
+
+    for source in ("reviews.csv", "data/train.csv", "./images", "data/photos.parquet"):
+        folder = edited_copy(image_run, tmp_path / source.replace("/", "_"), data={"source": source})
+        monkeypatch.chdir(tmp_path)  # a push from elsewhere: the relative path does not exist here
+        meta, body = split_card(render(folder))
+        assert "datasets" not in meta, source
+        assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "custom"
+        assert f"on\n{Path(source).name}." in body
+
+
+@pytest.fixture(scope="module")
+def schedule_runs(tmp_path_factory, tiny_resnet, tiny_vit, image_folder):
+    """A BatchNorm CNN with train_norm on, and a ViT without a head-only phase."""
+    root = tmp_path_factory.mktemp("schedule")
+    norms = fine_tune(model=tiny_resnet, data=image_folder, output_dir=str(root / "norms"), freeze_epochs=1,
+                      epochs=1, train_norm=True, **FAST).output_dir
+    direct = fine_tune(model=tiny_vit, data=image_folder, output_dir=str(root / "direct"), freeze_epochs=0,
+                       epochs=1, **FAST).output_dir
+    return Path(norms), Path(direct)
+
+
+def schedule_rows(body: str) -> dict[str, list[str]]:
+    table = body.split("### Schedule")[1].split("## Results")[0]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return {row[0]: row[1:] for row in rows[2:]} | {"header": rows[0][1:]}
+
+
+def test_schedule_says_what_phase_one_trains(image_run, schedule_runs):
+    _, plain = split_card((image_run / "README.md").read_text())  # train_norm off, LayerNorm model
+    rows = schedule_rows(plain)
+    assert rows["header"][0].startswith("phase 1: head only")
+    assert all(cells[0] == "frozen" for group, cells in rows.items() if group not in ("head", "header"))
+    assert rows["head"][0] != "frozen"
+    assert "the whole body is frozen, norm layers included (`train_norm` off)" in plain
+    assert "BatchNorm" not in plain and "the new head alone first (`freeze_epochs`=1, one-cycle" in plain
+
+    norms, direct = schedule_runs
+    _, body = split_card((norms / "README.md").read_text())  # train_norm on, BatchNorm model
+    rows = schedule_rows(body)
+    assert rows["header"][0].startswith("phase 1: head + body norm layers")
+    body_cells = [cells[0] for group, cells in rows.items() if group not in ("head", "header")]
+    assert body_cells and all(cell.endswith("(norm layers only)") for cell in body_cells), body_cells
+    assert "norm-layer weights (`train_norm`)" in body
+    assert "the new head and the body's norm layers first (`freeze_epochs`=1, `train_norm`=true" in body
+    assert "BatchNorm layers still update their running statistics" in body
+
+    _, body = split_card((direct / "README.md").read_text())  # freeze_epochs=0: no head-only phase
+    assert "head alone" not in body and "from the first step (`freeze_epochs`=0" in body
+    assert "phase 1" not in body and schedule_rows(body)["header"][0].startswith("phase 2")
 
 
 def test_card_snippets_run_against_the_local_folders(image_run, adapter_run, image_folder):
@@ -133,14 +218,17 @@ def test_push_uploads_the_run_folder_without_checkpoints(adapter_run, tmp_path):
     (_, repo, created), (_, committed_to, commit) = api.calls
     assert (repo, created["private"], committed_to) == ("alice/reviews", True, "alice/reviews")
     assert created["exist_ok"]  # pushing again updates the repository
-    uploaded = {op.path_in_repo: Path(op.path_or_fileobj) for op in commit["operations"]}
+    uploaded = {op.path_in_repo: op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes)
+                else Path(op.path_or_fileobj) for op in commit["operations"]}
     expected = {"README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "hfft.yaml",
                 "metrics.json", "log.jsonl", "tokenizer.json", "tokenizer_config.json", "confusion_matrix.png",
                 "training.png"}
     assert set(uploaded) == expected == set(files_to_upload(run))
     assert (run / "checkpoints").is_dir() and (run / "merged").is_dir()  # there, but not uploaded
+    card = uploaded.pop("README.md")  # the card naming the repository goes up from memory
     assert all(path == run / name for name, path in uploaded.items())
-    card = (run / "README.md").read_text()  # rewritten to name the repository
+    assert card == (run / "README.md").read_bytes()  # and is written to the folder once the upload succeeded
+    card = card.decode()
     assert 'PeftModel.from_pretrained(base, "alice/reviews")' in card and "name: alice/reviews" in card
 
 
@@ -154,6 +242,28 @@ def test_push_merged_uploads_a_plain_model_made_on_demand(adapter_run, tmp_path)
     assert not uploaded & {"adapter_config.json", "adapter_model.safetensors"}
     assert commit["repo_id"] == "me/reviews-merged"
     assert 'model="me/reviews-merged"' in (run / "merged" / "README.md").read_text()
+
+
+def test_push_merged_remakes_a_merged_folder_from_an_earlier_adapter(adapter_run, tmp_path):
+    run = Path(shutil.copytree(adapter_run, tmp_path / "reviews"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["train_runtime"] += 1.0  # as a later run over the folder, leaving the old merged/, would write
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    push(run, "alice/reviews-merged", merged=True, api=RecordingApi())
+    assert (run / "merged" / "metrics.json").read_bytes() == (run / "metrics.json").read_bytes()
+
+
+class FailingApi(RecordingApi):
+    def create_commit(self, **kwargs):
+        raise OSError("connection reset by peer")
+
+
+def test_a_failed_push_leaves_the_card_untouched(image_run, tmp_path):
+    run = Path(shutil.copytree(image_run, tmp_path / "colours"))
+    card = (run / "README.md").read_bytes()
+    with pytest.raises(HfftError, match="connection reset"):
+        push(run, "alice/never-created", api=FailingApi())
+    assert (run / "README.md").read_bytes() == card and b"alice/never-created" not in card
 
 
 def test_push_refuses_what_it_cannot_do(image_run, tmp_path, monkeypatch, capsys, tiny_bert, text_csv):
@@ -266,6 +376,35 @@ def test_hfft_push_command_uploads_over_http(adapter_run, tmp_path, fake_hub):
     assert meta["model-index"][0]["name"] == "alice/reviews"
     assert fake_hub.token_seen_only_in_auth_headers(TOKEN)
     assert TOKEN not in done.stdout + done.stderr
+
+
+def test_the_token_from_hf_auth_login_reaches_the_hub(image_run, tmp_path, fake_hub):
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    (hf_home / "token").write_text(TOKEN)  # where `hf auth login` writes it
+    run = Path(shutil.copytree(image_run, tmp_path / "colours"))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_TOKEN_PATH", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=fake_hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
+    done = subprocess.run([sys.executable, "-m", "hfft.cli", "push", str(run), "alice/colours"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert fake_hub.files and fake_hub.token_seen_only_in_auth_headers(TOKEN)
+
+
+def test_hfft_push_merged_command(adapter_run, tmp_path, fake_hub, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    run = Path(shutil.copytree(adapter_run, tmp_path / "reviews", ignore=shutil.ignore_patterns("merged")))
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert main(["push", str(run), "alice/reviews-merged", "--merged"]) == 0
+    assert capsys.readouterr().out.strip() == f"{fake_hub.url}/alice/reviews-merged"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "README.md"} <= set(fake_hub.files)
+    assert not set(fake_hub.files) & {"adapter_config.json", "adapter_model.safetensors"}
+    assert fake_hub.files["model.safetensors"] == (run / "merged" / "model.safetensors").read_bytes()
+    meta, body = split_card(fake_hub.files["README.md"].decode())
+    assert meta["library_name"] == "transformers" and 'model="alice/reviews-merged"' in body
 
 
 def test_the_token_reaches_the_hub_and_nothing_else(tmp_path, tiny_bert, text_csv, fake_hub, monkeypatch, caplog,

@@ -204,6 +204,36 @@ def test_adapter_reload_is_identical_and_merged_model_matches(lora_run):
     assert {o["label"] for o in out} == {"negative", "positive"}
 
 
+def test_making_merged_again_swaps_the_folder_whole(lora_run, tmp_path, monkeypatch):
+    """save_merged over an existing merged/: at every rename or removal it makes, merged/ is a complete model."""
+    import os
+
+    from hfft import runfolder
+    from hfft.adapters import save_merged
+
+    run = Path(shutil.copytree(lora_run[0].output_dir, tmp_path / "run"))
+    (run / "merged" / "old.txt").write_text("the previous merge")
+    complete = []
+
+    def watch(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            result = original(*args, **kwargs)
+            complete.append(all((run / "merged" / f).is_file() for f in ("config.json", "model.safetensors")))
+            return result
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, name in ((os, "replace"), (shutil, "rmtree"), (runfolder, "_exchange")):
+        watch(module, name)
+    save_merged(run, TEXT)
+    monkeypatch.undo()
+    assert not (run / "merged" / "old.txt").exists() and runfolder.merged_is_current(run)
+    assert complete and all(complete), complete
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".merged")]
+
+
 # ---- resuming from an adapter checkpoint ----
 
 

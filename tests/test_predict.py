@@ -1,15 +1,17 @@
 """`hfft predict` and `hfft.predict` beyond the text cases of test_cli.py: images, folders and CSV columns of image
-paths, batching, top-k, JSON output, LoRA adapters and merged models, and inputs of the wrong modality."""
+paths, batching, top-k, JSON output, LoRA adapters and merged models (refused when made from an earlier adapter),
+.txt and .jsonl text files, empty inputs, and inputs of the wrong modality."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from hfft import HfftError, fine_tune, predict
 from hfft.cli import main
-from hfft.inference import evaluate_run
+from hfft.inference import evaluate_run, write_predictions
 
 FAST = {"batch_size": 16, "eval_strategy": "no", "save_strategy": "no"}
 
@@ -89,3 +91,62 @@ def test_inputs_of_the_wrong_modality_are_refused(image_runs, tmp_path, capsys):
     (text_run / "hfft.yaml").write_text("data:\n  task: text-classification\n")
     assert main(["predict", str(text_run), str(tmp_path)]) == 2
     assert "is a folder, but this model classifies text" in capsys.readouterr().err
+
+
+def test_a_merged_folder_from_an_earlier_adapter_is_refused(image_runs, image_folder, tmp_path):
+    _, lora = image_runs
+    run = Path(shutil.copytree(lora, tmp_path / "lora"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["train_runtime"] += 1.0  # as a later run over the folder, leaving the old merged/, would write
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(HfftError, match="merged from an earlier adapter"):
+        predict(run / "merged", _images(image_folder, 2))
+    with pytest.raises(HfftError, match="merged from an earlier adapter"):
+        evaluate_run(run / "merged")
+    assert len(predict(run, _images(image_folder, 2))) == 2  # the run itself loads its own adapter
+
+
+# ---- text files ----
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_bert, text_csv):
+    out = tmp_path_factory.mktemp("predict") / "text"
+    return Path(fine_tune(model=tiny_bert, data=text_csv, output_dir=str(out), freeze_epochs=1, epochs=1,
+                          **FAST).output_dir)
+
+
+def test_txt_lines_and_jsonl_rows(text_run, tmp_path):
+    texts = ["a great film", "an awful boring plot", "the story was lovely"]
+    lines = tmp_path / "reviews.txt"
+    lines.write_text(f"{texts[0]}\n\n{texts[1]}\n  \n{texts[2]}\n")  # blank lines are no inputs
+    rows = tmp_path / "reviews.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "text": t, "review": t.upper()}) + "\n" for i, t in enumerate(texts)))
+    expected = predict(text_run, texts, top_k=2)
+    assert predict(text_run, lines, top_k=2) == expected
+    assert predict(text_run, rows, top_k=2) == expected  # the "text" column by default
+    assert [r["input"] for r in predict(text_run, rows, column="review")] == [t.upper() for t in texts]
+    for r in expected:
+        assert sorted(r["labels"]) == ["negative", "positive"]
+
+
+def test_empty_inputs_name_the_file(text_run, tmp_path, capsys):
+    empty_txt, empty_csv, header_only = tmp_path / "empty.txt", tmp_path / "empty.csv", tmp_path / "header.csv"
+    empty_txt.write_text("\n  \n")
+    empty_csv.write_text("")
+    header_only.write_text("text,label\n")
+    for path, message in [(empty_txt, "no non-blank line"), (empty_csv, "nothing in it"),
+                          (header_only, r"a header \(text, label\) but no rows")]:
+        with pytest.raises(HfftError, match=f"{path.name}.*holds no text: it has {message}"):
+            predict(text_run, path)
+        assert main(["predict", str(text_run), str(path)]) == 2
+        assert path.name in capsys.readouterr().err
+    with pytest.raises(HfftError, match="Nothing to predict"):
+        predict(text_run, [])
+
+
+def test_no_predictions_write_a_header_alone(tmp_path):
+    write_predictions([], tmp_path / "none.csv")
+    assert (tmp_path / "none.csv").read_text().splitlines() == ["input,label_1,score_1"]
+    write_predictions([], tmp_path / "none.json")
+    assert json.loads((tmp_path / "none.json").read_text()) == []
