@@ -248,7 +248,7 @@ def is_text_encoding(name) -> bool:
     """A codec that decodes bytes to text: 'rot13', 'base64' or 'hex' are codecs too, but bytes-to-bytes ones."""
     try:
         info = codecs.lookup(name)
-        b"".decode(name)  # 'undefined' looks up, then refuses everything
+        codecs.getincrementaldecoder(name)().decode(b"a")  # 'undefined' looks up, then refuses everything
     except (LookupError, UnicodeError, TypeError):
         return False
     return getattr(info, "_is_text_encoding", True)

@@ -482,7 +482,7 @@ def _label_keys(values, feature, column: str):
         odd = pc.invert(pc.and_(pc.is_finite(values), pc.less_equal(pc.abs(values), 2.0 ** 53)))
         rows = pc.indices_nonzero(pc.fill_null(odd, False)).to_pylist()
         if rows:  # no class id; the cast to int64 below would fail with an arrow error
-            raise HfftError(f"Label column {column!r} holds NaN, infinite or huge numbers (rows "
+            raise HfftError(f"Label column {column!r} holds NaN, infinite or huge numbers (row(s) "
                             f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}, counting from 0): "
                             "labels must be class names or integer ids. Fix or remove those rows (an empty cell "
                             "is a missing label, dropped with a warning).")

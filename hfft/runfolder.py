@@ -40,7 +40,6 @@ CHECKPOINTS = "checkpoints"
 # A checkpoint is complete only when the Trainer has written all of these; trainer_state.json comes last.
 # The Trainer writes them in place, not atomically: a run killed while saving leaves a folder without them, or
 # with a truncated trainer_state.json, and such a folder is never resumed from.
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 MERGED_DIR = "merged"
@@ -67,15 +66,27 @@ def is_run_output(name: str) -> bool:
 
 
 def complete_checkpoints(run: Path) -> list[Path]:
-    """checkpoint-N folders holding every file a resume needs, oldest first."""
+    """checkpoint-N folders holding every file a resume needs, oldest first. The Trainer writes
+    trainer_state.json last, so a readable one beside weights, optimizer and scheduler state means the save
+    finished. The engines name their state differently: a plain or DDP run writes optimizer.pt and
+    model.safetensors, FSDP optimizer.bin or optimizer_0/ and pytorch_model_fsdp*, DeepSpeed a global_stepN/
+    folder holding both."""
     folder = Path(run) / CHECKPOINTS
     found = []
     for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
         match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and all((path / name).is_file() for name in CHECKPOINT_FILES) and _readable_state(path) \
-                and any((path / name).is_file() for name in WEIGHT_FILES):
+        if match and (path / "scheduler.pt").is_file() and _readable_state(path) and _has_engine_state(path):
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
+
+
+def _has_engine_state(checkpoint: Path) -> bool:
+    names = {p.name for p in checkpoint.iterdir()}
+    if any(n.startswith("global_step") and (checkpoint / n).is_dir() for n in names):  # DeepSpeed
+        return True
+    optimizer = bool(names & {"optimizer.pt", "optimizer.bin", "optimizer_0"})
+    weights = bool(names & set(WEIGHT_FILES)) or any(n.startswith("pytorch_model_fsdp") for n in names)
+    return optimizer and weights
 
 
 def _readable_state(checkpoint: Path) -> bool:

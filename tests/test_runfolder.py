@@ -193,3 +193,26 @@ def test_replace_folder_never_shows_half_a_folder(tmp_path, monkeypatch, exchang
     runfolder.replace_folder(new, dest)
     assert {p.read_text() for p in dest.iterdir()} == {"new"} and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert "mixed" not in seen
+
+
+@pytest.mark.parametrize("engine, files", [
+    ("plain", ["model.safetensors", "optimizer.pt"]),
+    ("lora", ["adapter_model.safetensors", "optimizer.pt"]),
+    ("fsdp-full", ["model.safetensors", "optimizer.bin"]),
+    ("fsdp-sharded", ["pytorch_model_fsdp_0/", "optimizer_0/"]),
+    ("deepspeed", ["global_step12/"]),
+])
+def test_checkpoints_of_every_engine_count_as_complete_only_with_a_readable_state(tmp_path, engine, files):
+    """Otherwise resume=True under FSDP or DeepSpeed would silently start over."""
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-12"
+    checkpoint.mkdir(parents=True)
+    for name in [*files, "scheduler.pt"]:
+        (checkpoint / name.rstrip("/")).mkdir() if name.endswith("/") else (checkpoint / name).write_bytes(b"x")
+    assert runfolder.complete_checkpoints(tmp_path) == []  # no trainer_state.json yet: still being written
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 1')  # cut short
+    assert runfolder.complete_checkpoints(tmp_path) == []
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 12}')
+    assert runfolder.complete_checkpoints(tmp_path) == [checkpoint]
+    first = sorted(checkpoint.iterdir())[0]  # any engine state missing: not complete
+    shutil.rmtree(first) if first.is_dir() else first.unlink()
+    assert runfolder.complete_checkpoints(tmp_path) == []

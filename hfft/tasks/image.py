@@ -62,20 +62,23 @@ def shrink(image: Image.Image, side: int) -> Image.Image:
 
 
 def image_problem(source) -> str | None:
-    """Why an image file (a path, or its encoded bytes) cannot be trained on, or None when it can. Opening reads
-    the header, so a file that is no image fails at once; PNG chunks are checked against their checksums without
-    decoding; JPEG is decoded at 1/8 scale, which still reads every byte, so a truncated file fails; other
-    formats are decoded."""
+    """Why an image file (a path, or its encoded bytes) cannot be trained on, or None when it can. The file is
+    read from disk once, into memory. Opening reads the header, so a file that is no image fails at once; PNG
+    chunks are checked against their checksums (verify) and then decoded, because a PNG whose checksums are right
+    can still hold a corrupt compressed stream that only decoding finds; JPEG is decoded at 1/8 scale, which still
+    reads every byte, so a truncated file fails; other formats are decoded. Decoding every PNG in full is the
+    dearest part of the check (about as long as one epoch's decoding of them, done once before training)."""
     try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 90-180 MP: loads, and is shrunk
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 if image.format == "PNG":
-                    image.verify()
-                else:
-                    if image.format == "JPEG":
-                        image.draft(image.mode, (1, 1))
-                    image.load()
+                    image.verify()  # the checksums; verify leaves the image unusable, so it is opened again
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format == "JPEG":
+                    image.draft(image.mode, (1, 1))
+                image.load()
     except FileNotFoundError:
         return "file not found"
     except UnidentifiedImageError:
