@@ -247,11 +247,12 @@ _Dumper.add_representer(str, _represent_str)
 def is_text_encoding(name) -> bool:
     """A codec that decodes bytes to text: 'rot13', 'base64' or 'hex' are codecs too, but bytes-to-bytes ones."""
     try:
-        info = codecs.lookup(name)
+        if not getattr(codecs.lookup(name), "_is_text_encoding", True):
+            return False
         codecs.getincrementaldecoder(name)().decode(b"a")  # 'undefined' looks up, then refuses everything
     except (LookupError, UnicodeError, TypeError):
         return False
-    return getattr(info, "_is_text_encoding", True)
+    return True
 
 
 def _section_classes() -> dict[str, type]:

@@ -257,8 +257,9 @@ def test_empty_none_and_very_long_texts_and_a_non_utf8_csv(tmp_path, tiny_bert, 
         fine_tune(model=tiny_bert, data=latin, output_dir=str(tmp_path / "c"), **QUICK)
     result = fine_tune(model=tiny_bert, data=latin, output_dir=str(tmp_path / "c"), encoding="cp1252", **QUICK)
     assert result.metrics["train_examples"] + result.metrics["eval_examples"] == 22
-    with pytest.raises(HfftError, match="data.encoding must be a Python codec"):
-        fine_tune(model=tiny_bert, data=latin, output_dir=str(tmp_path / "d"), encoding="windows-latin")
+    for codec in ("windows-latin", "rot13"):  # no codec; a codec, but bytes to bytes
+        with pytest.raises(HfftError, match="data.encoding must be the name of a text encoding"):
+            fine_tune(model=tiny_bert, data=latin, output_dir=str(tmp_path / "d"), encoding=codec)
 
 
 def test_unknown_misspelled_or_wrongly_typed_keys_name_the_nearest(tmp_path, tiny_bert, text_csv, capsys):
@@ -289,12 +290,30 @@ def test_nonsense_hyperparameters_are_named_before_any_work(tmp_path, text_csv, 
     run = tmp_path / "run"
     for kwargs, key in [({"base_lr": -1e-3}, "train.base_lr"), ({"freeze_epochs": -1}, "train.freeze_epochs"),
                         ({"batch_size": 0}, "train.batch_size"),
-                        ({"gradient_accumulation_steps": 0}, "train.args.gradient_accumulation_steps")]:
+                        ({"gradient_accumulation_steps": 0}, "train.args.gradient_accumulation_steps"),
+                        ({"adam_beta1": 5}, "train.args.adam_beta1"),
+                        ({"logging_steps": -1}, "train.args.logging_steps"),
+                        ({"max_grad_norm": float("inf")}, "train.args.max_grad_norm")]:
         # The model does not exist: had anything been loaded, the error would be about the model.
         with pytest.raises(HfftError, match=key.replace(".", r"\.") + " must be"):
             fine_tune(model="no-such-org/no-such-model", data=text_csv, output_dir=str(run), **kwargs)
     assert "train.base_lr must be > 0" in cli_error(["train", "train.base_lr=-1e-3", f"train.output_dir={run}"], capsys)
     assert not run.exists()
+
+
+def test_a_config_file_path_is_read_and_other_config_types_are_refused(tmp_path, text_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "my.yaml"
+    config.write_text("train:\n  epochs: -1\n")
+    # The data does not exist: had the file been ignored, the error would be about the data.
+    for given in (str(config), config):
+        with pytest.raises(HfftError, match=r"train\.epochs must be >= 0"):
+            fine_tune(data=str(tmp_path / "missing.csv"), config=given)
+    with pytest.raises(HfftError, match="config= takes an hfft Config"):
+        fine_tune(data=text_csv, config=["train.epochs=3"])
+    with pytest.raises(HfftError, match="data.source cannot be empty"):  # "" would read the whole folder
+        fine_tune(data="", output_dir="run")
+    assert list(tmp_path.iterdir()) == [config]  # nothing written
 
 
 def test_an_existing_run_is_refused_and_never_deleted_silently(tmp_path, tiny_bert, text_csv, caplog):
@@ -458,7 +477,7 @@ def test_hub_tokens_never_reach_logs_configs_or_training_arguments(tmp_path, tin
         for path in files:  # the pickled TrainingArguments of every checkpoint included
             assert secret.encode() not in path.read_bytes(), path
         assert secret not in caplog.text + printed.out + printed.err
-        assert secret not in repr(result.metrics)
+        assert secret not in repr(result.metrics) + repr(result.config)
     with pytest.raises(HfftError) as err:
         fine_tune(model=tiny_bert, data=text_csv, output_dir=str(tmp_path / "x"), hub_token=12345678)
     assert "12345678" not in str(err.value)

@@ -320,3 +320,70 @@ def test_mixed_file_formats_are_an_error(tmp_path, reviews_csv):
     (tmp_path / "more.jsonl").write_text('{"review": "x", "sentiment": "positive"}\n')
     with pytest.raises(HfftError, match="different formats"):
         load_splits([reviews_csv, tmp_path / "more.jsonl"])
+
+
+# ---------------------------------------------------------------- odd sources and values, named
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 1e300])
+def test_non_finite_or_huge_float_labels_are_named(tmp_path, bad):
+    labels = [0.0, 1.0] * 5 + [bad]
+    ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(11)], "label": labels})
+    with pytest.raises(HfftError, match=r"'label' holds NaN, infinite or huge numbers \(row\(s\) 10"):
+        load_splits(ds)
+    if bad == float("inf"):  # pandas reads "inf" in a CSV as infinity
+        path = write_csv(tmp_path / "d.csv", ["text", "label"], [[f"t{i}", y] for i, y in enumerate(labels)])
+        with pytest.raises(HfftError, match="infinite"):
+            load_splits(path)
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ([], "names no files"), ({}, "names no files"), ({"train": []}, "Split 'train' of the data source names no"),
+    ({1: "a.csv"}, r"split names \(text\), got 1"), ({"train": None}, "must be a data file path or a list"),
+    ([1, 2], "must be a data file path or a list"),
+])
+def test_empty_or_malformed_file_sources_are_named(source, fragment):
+    with pytest.raises(HfftError, match=fragment):
+        load_splits(source)
+
+
+def test_garbage_parquet_and_bogus_saved_dataset_folders_are_named(tmp_path):
+    (tmp_path / "train.parquet").write_bytes(b"not parquet at all" * 4)
+    with pytest.raises(HfftError, match=r"train\.parquet' is not a readable Parquet file"):
+        load_splits(tmp_path / "train.parquet")
+    for marker, text in (("state.json", "{}"), ("dataset_dict.json", '{"splits": ["train"]}'),
+                         ("dataset_dict.json", "garbage")):
+        folder = tmp_path / f"saved_{marker}_{len(text)}"
+        folder.mkdir()
+        (folder / marker).write_text(text)
+        with pytest.raises(HfftError, match=f"holds {marker}.*save_to_disk.*cannot be loaded"):
+            load_splits(folder)
+
+
+def test_bytes_to_bytes_codecs_are_refused_as_encodings(reviews_csv):
+    for codec in ("rot13", "base64", "hex"):
+        with pytest.raises(HfftError, match="name of a text encoding"):
+            load_splits(reviews_csv, encoding=codec)
+
+
+def corrupt_zlib_png(good: bytes) -> bytes:
+    """`good` with a byte of its compressed image data flipped and the chunk's checksum fixed up: every CRC is
+    right, so only decoding finds the damage."""
+    import struct
+    import zlib
+
+    pos = good.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", good[pos:pos + 4])
+    data = bytearray(good[pos + 8:pos + 8 + length])
+    data[length // 2] ^= 0xFF
+    crc = struct.pack(">I", zlib.crc32(b"IDAT" + bytes(data)) & 0xFFFFFFFF)
+    return good[:pos + 8] + bytes(data) + crc + good[pos + 12 + length:]
+
+
+def test_a_png_with_right_checksums_but_corrupt_data_is_named_up_front(image_dir):
+    good = (image_dir / "dog" / "0.png").read_bytes()
+    (image_dir / "dog" / "broken.png").write_bytes(corrupt_zlib_png(good))
+    with pytest.raises(HfftError, match=r"1 input file\(s\) cannot be read:\n  .*broken\.png: unreadable"):
+        load_splits(image_dir)
+    splits = load_splits(image_dir, skip_bad_files=True)
+    assert len(splits.train) + len(splits.eval) == 20
