@@ -331,7 +331,8 @@ def from_dict(values: dict | None, base: Config | None = None) -> Config:
     config = base if base is not None else Config()
     if values is not None and not isinstance(values, dict):
         raise HfftError(f"A config must be a mapping of sections ({', '.join(_section_classes())}) to their keys, "
-                        f"e.g. {{'train': {{'epochs': 3}}}}; got a value of type {type(values).__name__}: {values!r:.80}.")
+                        f"e.g. {{'train': {{'epochs': 3}}}}; got a value of type {type(values).__name__}: "
+                        f"{values!r:.80}.")
     for section, body in (values or {}).items():
         if not isinstance(body, dict):
             raise HfftError(f"Config section {section!r} must be a mapping of keys to values, got {body!r}." +
