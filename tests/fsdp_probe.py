@@ -50,3 +50,8 @@ if __name__ == "__main__":
                           "params": [name_of[id(p)] for p in g["params"]]} for g in optimizer.param_groups],
     }
     (out / f"fsdp_rank{rank}.json").write_text(json.dumps(record))
+    # Both ranks done before either tears down: a gloo group left to interpreter exit can abort one process
+    # ("terminate called without an active exception"), seen once on a loaded 2-core machine.
+    del optimizer, wrapped
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

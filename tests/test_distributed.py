@@ -88,9 +88,13 @@ def test_preprocessing_runs_once(ranks):
 @pytest.fixture(scope="module")
 def fsdp_ranks(tmp_path_factory):
     work = tmp_path_factory.mktemp("fsdp")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "fsdp_probe.py"), str(work)], capture_output=True, text=True, env=ENV, timeout=600)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "tests" / "fsdp_probe.py"), str(work)]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
+        # Once in CI, on a loaded 2-core machine, a gloo thread aborted one process with no Python error at all;
+        # a second launch tells that apart from a real failure, which fails both times.
+        done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((work / f"fsdp_rank{r}.json").read_text()) for r in (0, 1)]
 
