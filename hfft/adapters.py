@@ -27,11 +27,11 @@ from torch import nn
 
 from .errors import HfftError, suggest
 from .layers import LayerGroup, layer_groups
+from .runfolder import MERGED_DIR, replace_folder
 
 log = logging.getLogger("hfft")
 
 ADAPTER_CONFIG = "adapter_config.json"
-MERGED_DIR = "merged"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which layers get adapters, by architecture.
@@ -156,7 +156,7 @@ def check_peft_args(args: dict) -> None:
 
     import peft
 
-    from .training_args import _fits, _type_text, plain
+    from .training_args import fits, plain, type_text
 
     fields = {f.name for f in dataclasses.fields(peft.LoraConfig)}
     try:
@@ -171,8 +171,8 @@ def check_peft_args(args: dict) -> None:
             raise HfftError(f"{name} is not a peft.LoraConfig training argument."
                             f"{suggest(key, fields - _PROVENANCE)}")
         args[key] = value = plain(value, name)
-        if key in types and not _fits(value, types[key]):
-            raise HfftError(f"{name} must be {_type_text(types[key])}, got {value!r}.")
+        if key in types and not fits(value, types[key]):
+            raise HfftError(f"{name} must be {type_text(types[key])}, got {value!r}.")
     try:
         with warnings.catch_warnings():  # peft warns about some valid combinations
             warnings.simplefilter("ignore")
@@ -385,7 +385,6 @@ def save_merged(run, task, dest=None) -> Path:
     Written beside its place, then swapped in (runfolder.replace_folder): a crash leaves the old merged folder
     or the new one, never half of one."""
     from .card import write_card
-    from .runfolder import replace_folder
 
     run = Path(run)
     dest = Path(dest) if dest is not None else run / MERGED_DIR

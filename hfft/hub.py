@@ -18,13 +18,11 @@ from pathlib import Path
 
 from .card import CARD_NAME, render, write_card
 from .errors import HfftError
+from .runfolder import ADAPTER_FILES, CHECKPOINTS, FULL_WEIGHT_FILES, MERGED_DIR, merged_is_current
 
 log = logging.getLogger("hfft")
 
-EXCLUDED_DIRS = ("checkpoints", "merged")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+EXCLUDED_DIRS = (CHECKPOINTS, MERGED_DIR)
 
 
 def files_to_upload(folder) -> list[str]:
@@ -33,7 +31,7 @@ def files_to_upload(folder) -> list[str]:
     from .adapters import is_adapter_folder
 
     folder = Path(folder)
-    stale = FULL_WEIGHTS if is_adapter_folder(folder) else ADAPTER_FILES
+    stale = FULL_WEIGHT_FILES if is_adapter_folder(folder) else ADAPTER_FILES
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
@@ -56,8 +54,7 @@ def resolve_token(token: str | None = None) -> str:
 def folder_to_push(run, merged: bool = False) -> Path:
     """The run folder, or with merged=True its merged/ folder, made from the adapter when it is not there yet or
     was made from an earlier adapter."""
-    from .adapters import MERGED_DIR, is_adapter_folder, save_merged
-    from .runfolder import merged_is_current
+    from .adapters import is_adapter_folder, save_merged
 
     run = Path(run)
     if not (run / "hfft.yaml").is_file():

@@ -37,11 +37,11 @@ CONFIG_NAME = "hfft.yaml"
 METRICS_NAME = "metrics.json"
 LOG_NAME = "log.jsonl"
 CHECKPOINTS = "checkpoints"
-# A checkpoint is complete only when the Trainer has written all of these; trainer_state.json comes last.
-# The Trainer writes them in place, not atomically: a run killed while saving leaves a folder without them, or
-# with a truncated trainer_state.json, and such a folder is never resumed from.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
+# The weights of a full model, and the files of a LoRA adapter: a run folder or checkpoint holds one kind.
+FULL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+WEIGHT_FILES = (*FULL_WEIGHT_FILES, "adapter_model.safetensors")
 MERGED_DIR = "merged"
 # What Trainer.save_model writes for a model, an adapter and their processors (weights, shards and their index,
 # configs, tokenizer files), and the files and folders hfft adds: together, what overwrite=True removes. Anything
