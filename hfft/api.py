@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import errno
-import os
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

@@ -69,9 +69,9 @@ def check_training_args(args: dict) -> None:
         if _admits(fields[key], float) and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
             value = float(value)
         args[key] = value = plain(value, name)
-        if not _fits(value, fields[key]):
+        if not fits(value, fields[key]):
             shown = "a value that is hidden here" if "token" in key else repr(value)
-            raise HfftError(f"{name} must be {_type_text(fields[key])}, got {shown}.")
+            raise HfftError(f"{name} must be {type_text(fields[key])}, got {shown}.")
         check_range(name, value, ARG_RANGES.get(key))
 
 
@@ -121,10 +121,11 @@ def _admits(annotation, kind) -> bool:
     return kind in _options(annotation)
 
 
-def _fits(value, annotation) -> bool:
+def fits(value, annotation) -> bool:
+    """Whether `value` (plain data) is of a dataclass field's annotation; shared with lora.peft_args."""
     options = _options(annotation)
     if len(options) > 1:
-        return any(_fits(value, option) for option in options)
+        return any(fits(value, option) for option in options)
     if annotation is type(None):
         return value is None
     if annotation is typing.Any:
@@ -146,13 +147,13 @@ def _fits(value, annotation) -> bool:
             for c in inner)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):  # plain data: tuples arrive as lists
         if origin is tuple and inner and inner[-1] is not Ellipsis:
-            return len(value) == len(inner) and all(_fits(v, a) for v, a in zip(value, inner))
-        return not inner or all(_fits(v, inner[0]) for v in value)
+            return len(value) == len(inner) and all(fits(v, a) for v, a in zip(value, inner))
+        return not inner or all(fits(v, inner[0]) for v in value)
     if origin is dict and isinstance(value, dict) and len(inner) == 2:
-        return all(_fits(k, inner[0]) and _fits(v, inner[1]) for k, v in value.items())
+        return all(fits(k, inner[0]) and fits(v, inner[1]) for k, v in value.items())
     annotation = origin or annotation
     return isinstance(value, annotation) if isinstance(annotation, type) else True
 
 
-def _type_text(annotation) -> str:
+def type_text(annotation) -> str:
     return re.sub(r"<class '(\w+)'>|[\w.]+\.(\w+)", lambda m: m.group(1) or m.group(2), str(annotation))
