@@ -172,6 +172,20 @@ def check_splits(splits, rows):
         assert all(pair in complete for pair in pairs)  # every label id points at the row's own label
 
 
+def write_csv(path, rows) -> None:
+    """(text, label) rows as a CSV file with a header; None becomes an empty cell."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+
+
+def check_label_ids(splits) -> None:
+    """Two non-empty splits, at least two labels, and every label id points at one of them."""
+    assert len(splits.labels) >= 2 and len(splits.train) and len(splits.eval)
+    assert all(0 <= i < len(splits.labels) for i in [*splits.train["labels"], *splits.eval["labels"]])
+
+
 @SETTINGS
 @given(rows=small_datasets(), fraction=st.floats(0.05, 0.6))
 def test_any_small_dataset_splits_or_names_the_problem(rows, fraction):
@@ -195,18 +209,14 @@ def test_any_small_csv_pair_loads_or_names_the_problem(splits, tmp_path_factory)
     rows, eval_rows = splits
     folder = tmp_path_factory.mktemp("csv")
     for name, part in (("train.csv", rows), ("test.csv", eval_rows)):
-        with open(folder / name, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(["" if v is None else v for v in row] for row in part)
+        write_csv(folder / name, part)
     try:
         splits = load_splits(folder, seed=0)
     except HfftError as err:
         event(f"HfftError: {str(err)[:40]}")
         return
     event("worked")
-    assert len(splits.labels) >= 2 and len(splits.train) and len(splits.eval)
-    assert all(0 <= i < len(splits.labels) for i in [*splits.train["labels"], *splits.eval["labels"]])
+    check_label_ids(splits)
     assert not any(isinstance(x, float) and math.isnan(x) for x in splits.labels)
 
 
@@ -302,10 +312,7 @@ def test_any_list_or_dict_of_files_loads_or_names_the_problem(spec, tmp_path_fac
         path = folder / f"{word}_{i}.csv"
         paths.append((word, str(path)))
         if rows is not None:  # None: a file that does not exist
-            with open(path, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["text", "label"])
-                writer.writerows(["" if v is None else v for v in row] for row in rows)
+            write_csv(path, rows)
     if form == "list":
         source = [path for _, path in paths]
     elif form == "int keys":
@@ -322,5 +329,4 @@ def test_any_list_or_dict_of_files_loads_or_names_the_problem(spec, tmp_path_fac
         event(f"HfftError: {str(err)[:40]}")
         return
     event("worked")
-    assert len(splits.labels) >= 2 and len(splits.train) and len(splits.eval)
-    assert all(0 <= i < len(splits.labels) for i in [*splits.train["labels"], *splits.eval["labels"]])
+    check_label_ids(splits)
